@@ -1,0 +1,1 @@
+"""Attacks: the native engine and the torchattacks / ART adapters."""

