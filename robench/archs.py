@@ -107,8 +107,12 @@ class SmallCNN(Arch):
         self.feat = nn.Linear(256, feature_dim)
         self.head = make_head(head, feature_dim, num_classes)
 
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 64, H/4, W/4) maps of the last conv stage (what spatial-attention defenses weight)."""
+        return self.conv(x)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feat(self.fc(self.pool(self.conv(x))))
+        return self.feat(self.fc(self.pool(self.feature_maps(x))))
 
 
 class GMMnistNet(Arch):

@@ -1,0 +1,80 @@
+"""index.html: one self-contained page (plots inlined as base64 PNG), rendered with Jinja2.
+
+Everything from the run directories goes through Jinja2's autoescaping; the
+only markup the template emits is its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Sequence
+
+from robench.reports.plots import Plot
+from robench.reports.runs import ReportRun
+from robench.reports.tables import Table, frame_table
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def sanity_tables(runs: Sequence[ReportRun]) -> List[Dict[str, Any]]:
+    """Per run with a sanity.csv: its table and which rows are flagged."""
+    out = []
+    for run in runs:
+        if run.sanity is None:
+            continue
+        table = frame_table(run.sanity, f"Sanity checks: {run.name}")
+        flags = run.sanity["flagged"].map(_truthy).tolist() if "flagged" in run.sanity else []
+        out.append({"table": table, "flagged": flags, "n_flagged": sum(flags)})
+    return out
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in ("true", "1", "yes", "flagged")
+
+
+def render_index(runs: Sequence[ReportRun], tables: Sequence[Table], plots: Mapping[str, List[Plot]],
+                 out: Path) -> Path:
+    """Write ``out/index.html`` and return its path."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+    from robench import __version__
+    from robench.results import atomic_write_text
+
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined,
+                      autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+    sanity = sanity_tables(runs)
+    html = env.get_template("index.html").render(
+        title="robench report: " + ", ".join(r.name for r in runs),
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        version=__version__,
+        runs=[{"name": r.name, "path": str(r.run.path.resolve()), "cells": len(r.results),
+               "summary": _manifest_summary(r.manifest),
+               "manifest": json.dumps(r.manifest, indent=2, sort_keys=True)} for r in runs],
+        tables=tables,
+        plots={title: [{"title": p.title, "caption": p.caption, "file": p.path.name, "wide": p.wide,
+                        "src": data_uri(p.path)} for p in items] for title, items in plots.items()},
+        sanity=sanity,
+        n_flagged=sum(s["n_flagged"] for s in sanity),
+    )
+    return atomic_write_text(out / "index.html", html)
+
+
+def _manifest_summary(manifest: Mapping[str, Any]) -> List[List[str]]:
+    """The manifest fields a reader looks for first, as (label, value) pairs."""
+    versions = manifest.get("versions") or {}
+    pairs = [
+        ("started", manifest.get("start_time")), ("finished", manifest.get("end_time")),
+        ("device", manifest.get("device")), ("git", manifest.get("git") or manifest.get("git_hash")),
+        ("seeds", manifest.get("seeds")),
+        ("versions", ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+         if isinstance(versions, Mapping) else versions),
+    ]
+    return [[k, v if isinstance(v, str) else json.dumps(v, sort_keys=True)] for k, v in pairs
+            if v not in (None, "", {})]

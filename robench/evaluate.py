@@ -1,0 +1,147 @@
+"""Crafting adversarial examples for a cell and turning them into a result row."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from robench.threats import ThreatModel, defender_outcome, pick_worst_case, white_box_objectives
+
+FLAG_FPR = 0.05  # the calibrated threshold an adaptive attacker must stay under
+
+
+def accepts(name: str, argument: str) -> bool:
+    """Whether the attack registered as ``name`` takes ``argument`` (adapters take none)."""
+    from robench.registry import registry
+
+    if ":" in name:
+        return False
+    cls = registry("attacks").get(name)
+    return argument in inspect.signature(cls).parameters
+
+
+def craft(cell, model, x: torch.Tensor, y: torch.Tensor, cfg, quiet: bool,
+          objective: Optional[str], detector=None) -> Tuple[torch.Tensor, int, str]:
+    """Run one attack over the test points in batches; returns (x_adv, passes, objective)."""
+    from robench.attacks import create_attack
+    from robench.progress import progress_bar
+
+    kwargs = dict(cell.kwargs)
+    if objective is not None:
+        kwargs["objective"] = objective
+        if objective == "joint":
+            kwargs.update(detector=detector, fpr=FLAG_FPR)
+    if accepts(cell.attack, "seed"):
+        kwargs.setdefault("seed", cell.seed)
+    attack = create_attack(cell.attack, model, eps=cell.eps, **kwargs)
+    label = f"{cell.attack} eps={cell.eps:g} {cell.threat.value}" + (f" {objective}" if objective else "")
+    bar = progress_bar(total=len(y), desc=label, unit="img", disable=quiet)
+    chunks = []
+    for xb, yb in zip(x.split(cfg.batch_size), y.split(cfg.batch_size)):
+        chunks.append(attack(xb, yb).detach().cpu())
+        bar.update(len(yb))
+    bar.close()
+    passes = int(getattr(attack, "n_forward", 0)) + int(getattr(attack, "n_backward", 0))
+    used = objective or str(getattr(attack, "objective", None) or "default")
+    return torch.cat(chunks), passes, used
+
+
+def white_box(cell, ctx, cfg, quiet: bool) -> Tuple[torch.Tensor, int, str, str]:
+    """Per sample, the worst case for the defender over the adaptive objectives."""
+    det_name = cell.detectors[0]
+    detector = ctx.detectors.get(det_name)
+    if not accepts(cell.attack, "objective"):
+        x_adv, passes, used = craft(cell, ctx.model, ctx.x, ctx.y, cfg, quiet, objective=None)
+        return x_adv, passes, used, ""
+    objectives = [o for o in white_box_objectives(ctx.model.is_gm) if o != "joint" or detector is not None]
+    candidates, outcomes, scores, total = [], [], [], 0
+    for obj in objectives:
+        x_adv, passes, _ = craft(cell, ctx.model, ctx.x, ctx.y, cfg, quiet, objective=obj, detector=detector)
+        total += passes
+        pred = ctx.model.predict(x_adv, cfg.batch_size)
+        score = detector.score(x_adv, batch_size=cfg.batch_size) if detector is not None else torch.zeros(len(pred))
+        flagged = detector.flag(score, FLAG_FPR) if detector is not None else torch.zeros(len(pred), dtype=torch.bool)
+        candidates.append(x_adv)
+        outcomes.append(defender_outcome(pred == ctx.y, flagged))
+        scores.append(score)
+    best = pick_worst_case(outcomes, scores)
+    x_best = torch.stack(candidates)[best, torch.arange(len(best))]
+    wins = ";".join(f"{o}:{int((best == i).sum())}" for i, o in enumerate(objectives))
+    return x_best, total, "worst-of:" + "+".join(objectives), wins
+
+
+def evaluate_cell(cell, ctx, det_name: str, x_adv: torch.Tensor, cfg):
+    """Predictions, scores and metrics of one cell for one detector."""
+    import pandas as pd
+
+    from robench.metrics import cell_metrics
+    from robench.models import batched
+
+    model = ctx.model
+    with torch.no_grad():
+        adv_f = batched(model.features, x_adv, cfg.batch_size, model.device)
+        adv_logits = batched(model.logits_from_features, adv_f, cfg.batch_size, model.device)
+    adv_pred = adv_logits.argmax(1)
+    detector = ctx.detectors.get(det_name)
+    if detector is not None:
+        clean_score = detector.score(ctx.x, batch_size=cfg.batch_size)
+        adv_score = detector.score(x_adv, batch_size=cfg.batch_size)
+        thresholds = {fpr: detector.threshold(fpr) for fpr in (0.01, 0.05)}
+    else:
+        clean_score = adv_score = None
+        thresholds = {}
+    delta = (x_adv - ctx.x).flatten(1)
+    linf, l2 = delta.abs().amax(1), delta.norm(dim=1)
+    metrics = cell_metrics(y=ctx.y.numpy(), clean_pred=ctx.clean_pred.numpy(), adv_pred=adv_pred.numpy(),
+                           clean_score=_np(clean_score), adv_score=_np(adv_score), thresholds=thresholds,
+                           linf=linf.numpy(), l2=l2.numpy(), seed=cfg.seed)
+    info = model.info
+    row: Dict[str, Any] = {
+        "model": info.name, "defense": info.defense, "dataset": ctx.dataset, "arch": info.arch,
+        "attack": cell.attack, "attack_params": _params(cell.kwargs), "norm": _norm(cell.attack),
+        "eps": cell.eps, "threat": cell.threat.value, "detector": det_name, "seed": cfg.seed, **metrics,
+    }
+    samples = pd.DataFrame({
+        "model": info.name, "attack": cell.attack, "eps": cell.eps, "threat": cell.threat.value,
+        "detector": det_name, "index": ctx.index.numpy(), "input_sha1": input_hashes(ctx.x),
+        "label": ctx.y.numpy(), "clean_pred": ctx.clean_pred.numpy(), "adv_pred": adv_pred.numpy(),
+        "clean_score": _np(clean_score) if clean_score is not None else np.nan,
+        "adv_score": _np(adv_score) if adv_score is not None else np.nan,
+        "linf": linf.numpy(), "l2": l2.numpy(),
+        "success": (ctx.clean_pred == ctx.y).numpy() & (adv_pred != ctx.y).numpy(),
+        "flagged_fpr1": _flags(detector, adv_score, 0.01, len(adv_pred)),
+        "flagged_fpr5": _flags(detector, adv_score, 0.05, len(adv_pred)),
+    })
+    return row, samples, adv_f.numpy()
+
+
+def _np(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    return None if t is None else t.detach().cpu().double().numpy()
+
+
+def _flags(detector, score, fpr: float, n: int) -> np.ndarray:
+    if detector is None:
+        return np.zeros(n, dtype=bool)
+    return detector.flag(score, fpr).numpy().astype(bool)
+
+
+def _params(kwargs: Dict[str, Any]) -> str:
+    return ",".join(f"{k}={kwargs[k]}" for k in sorted(kwargs))
+
+
+def _norm(name: str) -> str:
+    if name.startswith(("ta:", "art:")):
+        return "adapter"
+    from robench.registry import registry
+
+    return str(getattr(registry("attacks").get(name), "norm", "") or "")
+
+
+def input_hashes(x: torch.Tensor) -> List[str]:
+    """A short content hash per input image (so samples can be matched across runs)."""
+    arr = x.detach().cpu().numpy()
+    return [hashlib.sha1(a.tobytes()).hexdigest()[:12] for a in arr]
