@@ -183,6 +183,28 @@ def attack(models, attacks, eps, threats, surrogate, detectors, dataset, arch, n
     click.echo(summary)
 
 
+# -- run --------------------------------------------------------------------------------
+
+@cli.command("run")
+@click.argument("suite")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory (default: the suite's).")
+@click.option("--n", type=int, default=None, help="Override the suite's n.")
+@click.option("--batch-size", type=int, default=None, help="Override the suite's batch size.")
+@click.option("--seed", type=int, default=None, help="Override the suite's seed.")
+@click.option("--device", default=None, help="Override the suite's device.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None, help="Override the executor.")
+@click.option("--ray-address", default=None, help="Address of an existing Ray cluster.")
+@quiet_option
+@click.option("--force", is_flag=True, help="Overwrite a run directory made with another configuration.")
+def run_cmd(suite: str, out, n, batch_size, seed, device, executor, ray_address, quiet: bool, force: bool) -> None:
+    """Run the whole grid a SUITE.yaml describes (finished cells are reused)."""
+    from robench.suite import run_suite
+
+    overrides = {"n": n, "batch_size": batch_size, "seed": seed, "device": device, "executor": executor,
+                 "ray_address": ray_address}
+    click.echo(run_suite(suite, out=out, overrides=overrides, quiet=quiet, force=force))
+
+
 # -- report / demo ---------------------------------------------------------------------
 
 @cli.command()

@@ -39,12 +39,19 @@ class AttackConfig:
     batch_size: int = 250
     seed: int = 0
     device: str = "auto"
+    attack_eps: Dict[str, List[float]] = field(default_factory=dict)  # per-attack eps overrides
+    sanity: bool = True
+    executor: str = "local"  # or "ray"
+    ray_address: Optional[str] = None
+
+    def eps_for(self, spec: str) -> List[float]:
+        return self.attack_eps.get(spec, self.eps)
 
     def validate(self) -> None:
         from robench.registry import registry
         from robench.specs import parse_spec
 
-        for e in self.eps:
+        for e in [*self.eps, *(v for vs in self.attack_eps.values() for v in vs)]:
             if not (math.isfinite(e) and 0.0 <= e <= 1.0):
                 raise UsageError(f"--eps must be a number in [0, 1] (pixel space), got {e}")
         if self.n < 1:
@@ -96,12 +103,14 @@ def run_attack(cfg: AttackConfig, out: str, quiet: bool = False, force: bool = F
 
     cfg.validate()
     device = resolve_device(cfg.device)
-    run = open_run(out, cfg, force)
+    run = open_run(out, cfg, force, device)
     started = time.time()
     surrogate = _load(cfg.surrogate, cfg.arch, device) if cfg.surrogate else None
     done = cached = 0
+    contexts = {}
     for path in cfg.models:
         ctx = prepare_model(path, cfg, device)
+        contexts[ctx.model.info.name] = (ctx.model, ctx.x, ctx.y)
         if surrogate is not None:
             _check_surrogate(surrogate, ctx)
         run.write_features(ctx.model.info.name, _features(ctx, cfg.batch_size), ctx.y, ctx.clean_pred, ctx.index)
@@ -116,13 +125,23 @@ def run_attack(cfg: AttackConfig, out: str, quiet: bool = False, force: bool = F
                 run.write_timing(cell_id, time.perf_counter() - t0)
             done += 1
     run.finalize()
+    sanity = write_sanity(run, contexts, cfg) if cfg.sanity else None
     _finish_manifest(run, started)
-    return summary_table(run, done, cached, time.time() - started)
+    return summary_table(run, done, cached, time.time() - started, sanity)
+
+
+def write_sanity(run, contexts, cfg: AttackConfig):
+    from robench.results import atomic_write_csv
+    from robench.sanity import sanity_report
+
+    report = sanity_report(run.results(), contexts, seed=cfg.seed)
+    atomic_write_csv(Path(run.path) / "sanity.csv", report)
+    return report
 
 
 # -- preparing -----------------------------------------------------------------------
 
-def open_run(out: str, cfg: AttackConfig, force: bool):
+def open_run(out: str, cfg: AttackConfig, force: bool, device=None):
     from robench.results import RunDir, atomic_write_json, collect_versions, git_hash
 
     config = {"command": "attack", **asdict(cfg)}
@@ -137,7 +156,7 @@ def open_run(out: str, cfg: AttackConfig, force: bool):
             run.clear()
     atomic_write_json(manifest_path, {
         "config": config, "versions": collect_versions(), "git": git_hash(),
-        "device": str(cfg.device), "seeds": {"seed": cfg.seed}, "start_time": _now(), "end_time": None,
+        "device": str(device or cfg.device), "torch_threads": torch.get_num_threads(), "seeds": {"seed": cfg.seed}, "start_time": _now(), "end_time": None,
         "determinism": {"torch_deterministic": torch.are_deterministic_algorithms_enabled()},
     })
     return run
@@ -232,7 +251,7 @@ def plan_cells(cfg: AttackConfig, ctx: ModelContext) -> List[Cell]:
     index_digest = hashlib.sha256(ctx.index.numpy().tobytes()).hexdigest()
     for spec in cfg.attacks:
         name, kwargs = parse_spec(spec)
-        for eps in cfg.eps:
+        for eps in cfg.eps_for(spec):
             for threat in (ThreatModel.parse(t) for t in cfg.threats):
                 groups = [[d] for d in ctx.detectors] if threat == ThreatModel.WHITE_BOX else [list(ctx.detectors)]
                 for dets in groups:
@@ -258,7 +277,7 @@ def run_cell(cell: Cell, ctx: ModelContext, surrogate, cfg: AttackConfig, quiet:
 
     if cell.threat == ThreatModel.WHITE_BOX:
         det_name = cell.detectors[0]
-        x_adv, passes, wins, objective = white_box(cell, ctx, cfg, quiet)
+        x_adv, passes, objective, wins = white_box(cell, ctx, cfg, quiet)
     else:
         source = surrogate if cell.threat == ThreatModel.BLACK_BOX else ctx.model
         x_adv, passes, objective = craft(cell, source, ctx.x, ctx.y, cfg, quiet, objective=None)
@@ -290,9 +309,14 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def summary_table(run, done: int, cached: int, seconds: float) -> str:
+def summary_table(run, done: int, cached: int, seconds: float, sanity=None) -> str:
     df = run.results()
     cols = [c for c in ("model", "attack", "eps", "threat", "detector", "objective", "clean_acc",
                         "robust_acc", "auc", "auc_successful") if c in df.columns]
     table = df[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}") if len(df) else "(no rows)"
-    return f"{table}\n\n{done} cells run, {cached} cached, {seconds:.0f} s -> {run.path}"
+    flags = ""
+    if sanity is not None and len(sanity):
+        bad = sanity[sanity["flagged"]]
+        flags = "\n\nsanity: " + ("no flags" if bad.empty else "FLAGGED\n" + "\n".join(
+            f"  {r.model}: {r.check}: {r.evidence}" for r in bad.itertuples()))
+    return f"{table}{flags}\n\n{done} cells run, {cached} cached, {seconds:.0f} s -> {run.path}"

@@ -1,0 +1,144 @@
+"""The gradient-masking sanity report: checks AutoAttack and ART know, and more.
+
+Each check yields (model, check, flagged, evidence). A flag is a reason to
+distrust a robustness number, with the evidence that raised it.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+ITERATIVE = ("pgd", "pgd-l2", "bim", "mim")
+SINGLE_STEP = {"fgsm": ("Linf", ("pgd", "bim", "mim"))}
+PROBE_N = 100  # points used by the checks that run the model themselves
+
+
+def _row(model: str, check: str, flagged: bool, evidence: str) -> Dict[str, object]:
+    return {"model": model, "check": check, "flagged": bool(flagged), "evidence": evidence}
+
+
+def check_results(results: pd.DataFrame) -> List[Dict[str, object]]:
+    """Checks that need only the results table."""
+    rows: List[Dict[str, object]] = []
+    for model, df in results.groupby("model", sort=True):
+        rows.append(_monotone(model, df))
+        rows.append(_single_step(model, df))
+        rows.append(_threat_order(model, df))
+    return rows
+
+
+def _monotone(model: str, df: pd.DataFrame) -> Dict[str, object]:
+    bad = []
+    it = df[df["attack"].isin(ITERATIVE)]
+    for (attack, threat, det), g in it.groupby(["attack", "threat", "detector"], sort=True):
+        acc = g.sort_values("eps")[["eps", "robust_acc"]].drop_duplicates("eps")
+        tol = 1.0 / max(1, int(g["n"].max()))
+        for (e0, a0), (e1, a1) in zip(acc.values[:-1], acc.values[1:]):
+            if a1 > a0 + tol:
+                bad.append(f"{attack} {threat}: {a0:.3f} at eps {e0:g} < {a1:.3f} at eps {e1:g}")
+    return _row(model, "robust accuracy non-increasing in eps", bool(bad),
+                "; ".join(bad) or f"{len(it)} iterative rows checked")
+
+
+def _single_step(model: str, df: pd.DataFrame) -> Dict[str, object]:
+    bad = []
+    # Only where the attacker has the target's gradients: single-step examples
+    # often transfer better than iterative ones, so black-box rows are no evidence.
+    df = df[df["threat"] != "black-box"]
+    for single, (_, iterative) in SINGLE_STEP.items():
+        s = df[df["attack"] == single]
+        for _, r in s.iterrows():
+            same = df[df["attack"].isin(iterative) & (df["eps"] == r["eps"]) & (df["threat"] == r["threat"])
+                      & (df["detector"] == r["detector"])]
+            for _, q in same.iterrows():
+                if r["robust_acc"] + 1.0 / max(1, r["n"]) < q["robust_acc"]:
+                    bad.append(f"{single} {r['robust_acc']:.3f} < {q['attack']} {q['robust_acc']:.3f} "
+                               f"at eps {r['eps']:g} {r['threat']}")
+    return _row(model, "single-step attack no stronger than iterative", bool(bad),
+                "; ".join(sorted(set(bad))) or "no single-step attack beats an iterative one")
+
+
+def _threat_order(model: str, df: pd.DataFrame) -> Dict[str, object]:
+    bad = []
+    keys = ["attack", "attack_params", "eps", "detector"]
+    wb = df[df["threat"] == "white-box"].set_index(keys)["robust_acc"]
+    for threat in ("gray-box", "black-box"):
+        other = df[df["threat"] == threat].set_index(keys)["robust_acc"]
+        for key in wb.index.intersection(other.index):
+            tol = 1.0 / max(1, int(df["n"].max()))
+            if other[key] + tol < wb[key]:
+                bad.append(f"{threat} {other[key]:.3f} < white-box {wb[key]:.3f} for {key[0]} eps {key[2]:g}")
+    return _row(model, "white-box at least as strong as gray- and black-box", bool(bad),
+                "; ".join(bad) or f"{len(wb)} white-box cells compared")
+
+
+def check_model(model, x: torch.Tensor, y: torch.Tensor, eps: float, attack_acc: Optional[float],
+                seed: int = 0) -> List[Dict[str, object]]:
+    """Checks that run the model: gradients, determinism, eps=1, random noise."""
+    name = model.info.name
+    x, y = x[:PROBE_N].to(model.device), y[:PROBE_N].to(model.device)
+    return [_gradients(name, model, x, y), _determinism(name, model, x), _unbounded(name, model, x, y),
+            _noise(name, model, x, y, eps, attack_acc, seed)]
+
+
+def _gradients(name: str, model, x: torch.Tensor, y: torch.Tensor) -> Dict[str, object]:
+    xg = x.clone().requires_grad_(True)
+    loss = F.cross_entropy(model(xg), y, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, xg)
+    flat = grad.flatten(1)
+    zero = (flat.abs().amax(1) == 0) | ~torch.isfinite(flat).all(1)
+    frac = float(zero.float().mean())
+    return _row(name, "input gradients non-zero and finite", frac > 0.01,
+                f"{frac:.1%} of {len(x)} samples have zero or NaN input gradients")
+
+
+@torch.no_grad()
+def _determinism(name: str, model, x: torch.Tensor) -> Dict[str, object]:
+    a, b = model(x), model(x)
+    single = torch.cat([model(x[i:i + 1]) for i in range(min(len(x), 16))])
+    d_repeat = float((a - b).abs().max())
+    d_batch = float((a[:len(single)] - single).abs().max())
+    scale = float(a.abs().max()) + 1e-12
+    flagged = d_repeat > 1e-5 * scale or d_batch > 1e-4 * scale
+    return _row(name, "deterministic forward pass", flagged,
+                f"max diff between two passes {d_repeat:.2e}, batch vs single {d_batch:.2e} (logit scale {scale:.2g})")
+
+
+def _unbounded(name: str, model, x: torch.Tensor, y: torch.Tensor) -> Dict[str, object]:
+    from robench.attacks import create_attack
+
+    attack = create_attack("pgd", model, eps=1.0, steps=20, objective="margin", seed=0)
+    with torch.no_grad():
+        acc = float((model(attack(x, y)).argmax(1) == y).float().mean())
+    chance = 1.0 / model.num_classes
+    return _row(name, "unbounded attack (eps = 1) reaches chance", acc > chance + 0.05,
+                f"PGD-20 margin at eps 1: accuracy {acc:.3f} (chance {chance:.3f})")
+
+
+@torch.no_grad()
+def _noise(name: str, model, x: torch.Tensor, y: torch.Tensor, eps: float, attack_acc: Optional[float],
+           seed: int) -> Dict[str, object]:
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    sign = torch.randint(0, 2, x.shape, generator=gen, device=x.device).to(x.dtype) * 2 - 1
+    noise_acc = float((model((x + eps * sign).clamp(0, 1)).argmax(1) == y).float().mean())
+    if attack_acc is None:
+        return _row(name, "attack beats random noise", False, f"no attack at eps {eps:g} to compare")
+    flagged = noise_acc <= attack_acc + 1e-9 and eps > 0
+    return _row(name, "attack beats random noise", flagged,
+                f"random sign noise at Linf eps {eps:g}: accuracy {noise_acc:.3f}; "
+                f"best attack: {attack_acc:.3f}")
+
+
+def sanity_report(results: pd.DataFrame, contexts: Dict[str, object], seed: int = 0) -> pd.DataFrame:
+    """All checks for every model of a run; ``contexts`` maps model name -> (model, x, y)."""
+    rows = check_results(results) if len(results) else []
+    for name, (model, x, y) in sorted(contexts.items()):
+        linf = results[(results["model"] == name) & (results["norm"] == "Linf")] if len(results) else results
+        eps = float(linf["eps"].max()) if len(linf) else 0.3
+        at_eps = linf[linf["eps"] == eps]["robust_acc"] if len(linf) else pd.Series(dtype=float)
+        rows += check_model(model, x, y, eps, float(at_eps.min()) if len(at_eps) else None, seed)
+    return pd.DataFrame(rows, columns=["model", "check", "flagged", "evidence"])
