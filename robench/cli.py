@@ -169,16 +169,20 @@ def train(defense: str, dataset: str, arch: str, epochs: Optional[int], batch_si
 @seed_option
 @device_option
 @quiet_option
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where cells run: this process, or Ray tasks.")
+@click.option("--ray-address", default=None, help="Address of an existing Ray cluster (default: start one).")
 @click.option("--force", is_flag=True, help="Overwrite a run directory made with another configuration.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
 def attack(models, attacks, eps, threats, surrogate, detectors, dataset, arch, n, batch_size, seed, device,
-           quiet, force, out) -> None:
+           executor, ray_address, quiet, force, out) -> None:
     """Attack checkpoints under a threat model and write a run directory."""
     from robench.runner import AttackConfig, run_attack
 
     cfg = AttackConfig(models=list(models), attacks=list(attacks), eps=list(eps), threats=list(threats),
                        surrogate=surrogate, detectors=list(detectors), dataset=dataset, arch=arch, n=n,
-                       batch_size=batch_size, seed=seed, device=device)
+                       batch_size=batch_size, seed=seed, device=device, executor=executor,
+                       ray_address=ray_address)
     summary = run_attack(cfg, out, quiet=quiet, force=force)
     click.echo(summary)
 

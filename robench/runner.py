@@ -106,26 +106,30 @@ def run_attack(cfg: AttackConfig, out: str, quiet: bool = False, force: bool = F
     run = open_run(out, cfg, force, device)
     started = time.time()
     surrogate = _load(cfg.surrogate, cfg.arch, device) if cfg.surrogate else None
-    done = cached = 0
-    contexts = {}
+    contexts, jobs, cached = {}, [], 0
     for path in cfg.models:
         ctx = prepare_model(path, cfg, device)
-        contexts[ctx.model.info.name] = (ctx.model, ctx.x, ctx.y)
+        contexts[path] = ctx
         if surrogate is not None:
             _check_surrogate(surrogate, ctx)
         run.write_features(ctx.model.info.name, _features(ctx, cfg.batch_size), ctx.y, ctx.clean_pred, ctx.index)
         for cell in plan_cells(cfg, ctx):
-            if run.has_cell(cell.cell_id):
+            if all(run.has_cell(i) for i in cell.output_ids()):
                 cached += 1
-                continue
-            t0 = time.perf_counter()
-            outputs = run_cell(cell, ctx, surrogate, cfg, quiet)
-            for cell_id, row, samples, adv_f, x_adv in outputs:
-                run.write_cell(cell_id, row, samples, adv_f, x_adv)
-                run.write_timing(cell_id, time.perf_counter() - t0)
-            done += 1
+            else:
+                jobs.append((path, cell))
+    from robench.executors import make_executor
+
+    executor = make_executor(cfg)
+    done = 0
+    for outputs, seconds in executor.run(jobs, contexts, surrogate, cfg, quiet):
+        for cell_id, row, samples, adv_f, x_adv in outputs:
+            run.write_cell(cell_id, row, samples, adv_f, x_adv)
+            run.write_timing(cell_id, seconds)
+        done += 1
     run.finalize()
-    sanity = write_sanity(run, contexts, cfg) if cfg.sanity else None
+    named = {c.model.info.name: (c.model, c.x, c.y) for c in contexts.values()}
+    sanity = write_sanity(run, named, cfg) if cfg.sanity else None
     _finish_manifest(run, started)
     return summary_table(run, done, cached, time.time() - started, sanity)
 
@@ -144,7 +148,8 @@ def write_sanity(run, contexts, cfg: AttackConfig):
 def open_run(out: str, cfg: AttackConfig, force: bool, device=None):
     from robench.results import RunDir, atomic_write_json, collect_versions, git_hash
 
-    config = {"command": "attack", **asdict(cfg)}
+    # Where cells run does not change what they compute: not part of the identity.
+    config = {"command": "attack", **{k: v for k, v in asdict(cfg).items() if k not in ("executor", "ray_address")}}
     run = RunDir.create(out)
     manifest_path = Path(out) / "manifest.json"
     if manifest_path.exists():
@@ -156,7 +161,7 @@ def open_run(out: str, cfg: AttackConfig, force: bool, device=None):
             run.clear()
     atomic_write_json(manifest_path, {
         "config": config, "versions": collect_versions(), "git": git_hash(),
-        "device": str(device or cfg.device), "torch_threads": torch.get_num_threads(), "seeds": {"seed": cfg.seed}, "start_time": _now(), "end_time": None,
+        "device": str(device or cfg.device), "executor": cfg.executor, "torch_threads": torch.get_num_threads(), "seeds": {"seed": cfg.seed}, "start_time": _now(), "end_time": None,
         "determinism": {"torch_deterministic": torch.are_deterministic_algorithms_enabled()},
     })
     return run
@@ -242,6 +247,12 @@ class Cell:
     detectors: List[str]
     seed: int
 
+    def output_ids(self) -> List[str]:
+        """The ids of the cells this attack run writes (one per detector)."""
+        if len(self.detectors) == 1:
+            return [self.cell_id]
+        return [f"{self.cell_id}-{d}" for d in self.detectors]
+
 
 def plan_cells(cfg: AttackConfig, ctx: ModelContext) -> List[Cell]:
     from robench import __version__
@@ -283,8 +294,7 @@ def run_cell(cell: Cell, ctx: ModelContext, surrogate, cfg: AttackConfig, quiet:
         x_adv, passes, objective = craft(cell, source, ctx.x, ctx.y, cfg, quiet, objective=None)
         wins = ""
     results = []
-    for det_name in cell.detectors:
-        sub_id = cell.cell_id if len(cell.detectors) == 1 else f"{cell.cell_id}-{det_name}"
+    for det_name, sub_id in zip(cell.detectors, cell.output_ids()):
         row, samples, adv_f = evaluate_cell(cell, ctx, det_name, x_adv, cfg)
         row.update({"objective": objective, "passes_per_sample": round(passes / len(ctx.y), 2),
                     "objective_wins": wins})

@@ -104,10 +104,9 @@ def _build(cfg: TrainConfig, data: Dataset, defense) -> RobustModel:
 def _fit(model: RobustModel, extra, defense, data: Dataset, cfg: TrainConfig,
          epochs: int, device: torch.device, quiet: bool) -> None:
     x, y = data.split("train")
-    params = list(model.parameters()) + [p for m in extra for p in m.parameters()]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = torch.optim.Adam(param_groups(model, extra, defense, cfg.lr), lr=cfg.lr)
     steps_per_epoch = math.ceil(len(y) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch,
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=epochs * steps_per_epoch,
                                                 pct_start=0.15)
     gen = torch.Generator().manual_seed(cfg.seed)
     bar = progress_bar(total=epochs * steps_per_epoch, desc=f"train {cfg.defense}", unit="batch",
@@ -127,6 +126,21 @@ def _fit(model: RobustModel, extra, defense, data: Dataset, cfg: TrainConfig,
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()}, refresh=False)
     bar.close()
+
+
+def param_groups(model: RobustModel, extra, defense, lr: float):
+    """Parameters to optimise; a defense may give its head a larger step (``head_lr_mult``).
+
+    The GM means start small (kaiming init, norm about 0.8) and must move far to
+    separate the classes: with one Adam step size for everything they barely
+    leave their initial place in a short run, and the classes stay crowded.
+    """
+    mult = float(getattr(defense, "params", {}).get("head_lr_mult", 1.0))
+    head = list(model.net.classifier.parameters())
+    head_ids = {id(p) for p in head}
+    rest = [p for p in model.parameters() if id(p) not in head_ids]
+    rest += [p for m in extra for p in m.parameters()]
+    return [{"params": rest, "lr": lr}, {"params": head, "lr": lr * mult}]
 
 
 @torch.no_grad()
