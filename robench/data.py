@@ -9,7 +9,7 @@ in [0, 1], NCHW or NHWC, and integer ``y``). Nothing is ever downloaded.
 from __future__ import annotations
 
 import hashlib
-import zipfile
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple
@@ -67,8 +67,13 @@ class Dataset:
 
 # -- splitting ---------------------------------------------------------------
 
-def stratified_splits(y: np.ndarray, sizes: Dict[str, int], seed: int) -> Dict[str, torch.Tensor]:
-    """Disjoint stratified index sets of the given sizes, drawn with a local RNG."""
+def stratified_splits(y: np.ndarray, sizes: Dict[str, int], seed: int,
+                      spec: str = "dataset") -> Dict[str, torch.Tensor]:
+    """Disjoint stratified index sets of the given sizes, drawn with a local RNG.
+
+    Raises:
+        DataError: a class has too few images to appear in every split.
+    """
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
@@ -77,10 +82,19 @@ def stratified_splits(y: np.ndarray, sizes: Dict[str, int], seed: int) -> Dict[s
     names = [k for k in sizes if sizes[k] > 0]
     for i, name in enumerate(names[:-1]):
         left = sum(sizes[k] for k in names[i + 1:])
-        take, rest = train_test_split(rest, train_size=sizes[name], test_size=left,
-                                      stratify=y[rest], random_state=seed + i)
-        out[name] = torch.from_numpy(np.sort(take))
-    out[names[-1]] = torch.from_numpy(np.sort(rest))
+        try:
+            take, rest = train_test_split(rest, train_size=sizes[name], test_size=left,
+                                          stratify=y[rest], random_state=seed + i)
+        except ValueError:
+            counts = np.unique(y, return_counts=True)[1]
+            raise DataError(f"{spec}: cannot split {len(y)} images of {len(counts)} classes into stratified "
+                            f"{'/'.join(names)} sets; the smallest class has only {counts.min(initial=len(y))} "
+                            f"image(s)") from None
+        out[name] = torch.from_numpy(np.asarray(take))
+    # Kept in the (seeded) shuffled order train_test_split returns, never sorted:
+    # files are often ordered by class, and "the first n test points" must be a
+    # random sample of all classes.
+    out[names[-1]] = torch.from_numpy(np.random.default_rng(seed).permutation(rest))
     return out
 
 
@@ -89,13 +103,20 @@ def fraction_sizes(n: int, val: float = 0.1, test: float = 0.2) -> Dict[str, int
     return {"train": n - n_val - n_test, "val": n_val, "test": n_test}
 
 
+MAX_CLASSES = 100_000
+
+
 def _check_labels(y: np.ndarray, spec: str) -> np.ndarray:
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):
-        raise DataError(f"{spec}: labels must be a 1-D array of integers")
-    y = y.astype(np.int64)
+    """Labels as int64: a 1-D array of whole numbers in [0, MAX_CLASSES)."""
+    if y.ndim != 1 or y.dtype.kind not in "biuf":
+        raise DataError(f"{spec}: labels must be a 1-D array of integers, got {y.dtype} with shape {y.shape}")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y) & (np.mod(y, 1) == 0)):
+        raise DataError(f"{spec}: labels must be whole numbers (found fractions, NaN or Inf)")
     if y.size and y.min() < 0:
-        raise DataError(f"{spec}: labels must be >= 0, found {y.min()}")
-    return y
+        raise DataError(f"{spec}: labels must be >= 0, found {y.min():g}")
+    if y.size and y.max() >= MAX_CLASSES:
+        raise DataError(f"{spec}: labels must be < {MAX_CLASSES}, found {y.max():g}")
+    return y.astype(np.int64)
 
 
 def _from_arrays(spec: str, x: np.ndarray, y: np.ndarray, mean, std, seed: int,
@@ -105,7 +126,7 @@ def _from_arrays(spec: str, x: np.ndarray, y: np.ndarray, mean, std, seed: int,
     k = int(num_classes or (y.max() + 1))
     if y.size and y.max() >= k:
         raise DataError(f"{spec}: label {int(y.max())} out of range for {k} classes")
-    splits = stratified_splits(y, sizes or fraction_sizes(len(y)), seed)
+    splits = stratified_splits(y, sizes or fraction_sizes(len(y)), seed, spec)
     return Dataset(spec, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
                    torch.from_numpy(y), k, tuple(mean), tuple(std), splits, seed)
 
@@ -139,8 +160,10 @@ def load_digits(arg: Optional[str] = None, seed: int = 0) -> Dataset:
 
 def _split_official(spec: str, x_tr, y_tr, x_te, y_te, mean, std, seed: int, val: int) -> Dataset:
     """Official train/test files: val is a stratified part of train, test stays test."""
+    if len(x_tr) != len(y_tr) or len(x_te) != len(y_te):
+        raise DataError(f"{spec}: {len(x_tr)}/{len(x_te)} train/test images but {len(y_tr)}/{len(y_te)} labels")
     y_tr = _check_labels(np.asarray(y_tr), spec)
-    inner = stratified_splits(y_tr, {"train": len(y_tr) - val, "val": val}, seed)
+    inner = stratified_splits(y_tr, {"train": len(y_tr) - val, "val": val}, seed, spec)
     n_tr = len(y_tr)
     splits = {"train": inner["train"], "val": inner["val"],
               "test": torch.arange(n_tr, n_tr + len(y_te))}
@@ -157,6 +180,9 @@ def load_mnist(arg: Optional[str] = None, seed: int = 0) -> Dataset:
     root = _existing_dir("mnist", arg)
     raw = next((p for p in (root, root / "raw", root / "MNIST" / "raw")
                 if (p / "train-images-idx3-ubyte").is_file()), None)
+    if raw is None and not (root / "MNIST" / "processed").is_dir():
+        raise DataError(f"mnist:{arg}: no readable MNIST files (train-images-idx3-ubyte, ... are not in the "
+                        f"folder, its raw/ or MNIST/raw/; robench never downloads data)")
     try:
         if raw is not None:
             parts = [(read_image_file(str(raw / f"{s}-images-idx3-ubyte")),
@@ -164,7 +190,7 @@ def load_mnist(arg: Optional[str] = None, seed: int = 0) -> Dataset:
         else:
             parts = [(d.data, d.targets) for d in
                      (MNIST(str(root), train=t, download=False) for t in (True, False))]
-    except (RuntimeError, OSError, ValueError, AssertionError) as exc:
+    except Exception as exc:  # truncated or foreign files: torchvision raises many kinds
         raise DataError(f"mnist:{arg}: no readable MNIST files ({_first_line(exc)})") from None
     (xtr, ytr), (xte, yte) = [(x.numpy()[:, None] / 255.0, y.numpy()) for x, y in parts]
     return _split_official(f"mnist:{arg}", xtr, ytr, xte, yte, *MNIST_NORM, seed,
@@ -172,33 +198,56 @@ def load_mnist(arg: Optional[str] = None, seed: int = 0) -> Dataset:
 
 
 def load_cifar10(arg: Optional[str] = None, seed: int = 0) -> Dataset:
-    """``cifar10:PATH``: the python batches (PATH/cifar-10-batches-py or that folder)."""
-    from torchvision.datasets import CIFAR10
+    """``cifar10:PATH``: the python batches (PATH/cifar-10-batches-py or that folder).
 
-    class _LocalCIFAR10(CIFAR10):
-        # md5-checking 170 MB on every load is slow; existence is checked, the
-        # unpickling below is torchvision's (CIFAR batches are plain pickles
-        # of numpy arrays, read only from the user's own disk).
-        def _check_integrity(self) -> bool:
-            return all((Path(self.root) / self.base_folder / f[0]).is_file()
-                       for f in self.train_list + self.test_list)
-
-        def _load_meta(self) -> None:  # class names are not needed; skip its md5 check too
-            self.classes = [str(i) for i in range(10)]
-            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-
+    The batches are pickles; they are read with :class:`_ArrayUnpickler`, which
+    builds numpy arrays and plain containers only, so a planted file cannot run code.
+    """
     root = _existing_dir("cifar10", arg)
-    if (root / "data_batch_1").is_file():
-        root = root.parent if root.name == "cifar-10-batches-py" else root
-        if not (root / "cifar-10-batches-py").is_dir():
-            raise DataError(f"cifar10:{arg}: the batches must be in a folder named cifar-10-batches-py")
-    try:
-        parts = [_LocalCIFAR10(str(root), train=t, download=False) for t in (True, False)]
-    except (RuntimeError, OSError, ValueError, KeyError, EOFError) as exc:
-        raise DataError(f"cifar10:{arg}: no readable CIFAR-10 batches ({_first_line(exc)})") from None
-    (xtr, ytr), (xte, yte) = [(d.data.transpose(0, 3, 1, 2) / 255.0, np.asarray(d.targets)) for d in parts]
+    folder = root if (root / "data_batch_1").is_file() else root / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise DataError(f"cifar10:{arg}: no CIFAR-10 python batches ({', '.join(missing[:2])} missing in "
+                        f"{folder}; robench never downloads data)")
+    parts = [_read_cifar_batch(folder / n, f"cifar10:{arg}") for n in names]
+    xtr = np.concatenate([x for x, _ in parts[:5]]) / np.float32(255)
+    ytr = np.concatenate([y for _, y in parts[:5]])
+    xte, yte = parts[5][0] / np.float32(255), parts[5][1]
     return _split_official(f"cifar10:{arg}", xtr, ytr, xte, yte, *CIFAR_NORM, seed,
                            val=min(5000, len(ytr) // 10))
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and builtin containers; refuses every other global."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
+               ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name} (only numpy arrays are allowed)")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path, spec: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(x uint8 (N, 3, 32, 32), labels) of one python batch."""
+    try:
+        with open(path, "rb") as fh:
+            entry = _ArrayUnpickler(fh, encoding="latin1").load()
+        entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+        labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
+        x = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(labels)
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"{spec}: {path.name}: {_first_line(exc)}") from None
+    except Exception as exc:  # truncated file, wrong layout, ...: all the file's fault
+        raise DataError(f"{spec}: {path.name} is not a CIFAR-10 python batch ({_first_line(exc)})") from None
+    if len(y) != len(x):
+        raise DataError(f"{spec}: {path.name} has {len(x)} images but {len(y)} labels")
+    return x, y
 
 
 def load_npz(arg: Optional[str] = None, seed: int = 0) -> Dataset:
@@ -207,16 +256,20 @@ def load_npz(arg: Optional[str] = None, seed: int = 0) -> Dataset:
     if not arg or not path.is_file():
         raise DataError(f"npz:{arg}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise DataError(f"npz:{arg}: a single array, not an .npz archive of arrays x and y")
+        with z:
             missing = [k for k in ("x", "y") if k not in z.files]
             if missing:
                 raise DataError(f"npz:{arg}: missing array(s) {', '.join(missing)} (has: {', '.join(z.files) or 'none'})")
             x, y = z["x"], z["y"]
     except DataError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except Exception as exc:  # corrupt zip members, pickled objects, ...: all the file's fault
         raise DataError(f"npz:{arg}: not a readable .npz file ({_first_line(exc)})") from None
     x = _npz_images(arg, x)
+    y = _check_labels(np.asarray(y), f"npz:{arg}")
     if len(y) != len(x):
         raise DataError(f"npz:{arg}: x has {len(x)} images but y has {len(y)} labels")
     if len(y) < 10:
@@ -225,17 +278,23 @@ def load_npz(arg: Optional[str] = None, seed: int = 0) -> Dataset:
 
 
 def _npz_images(arg: str, x: np.ndarray) -> np.ndarray:
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise DataError(f"npz:{arg}: x must be numeric, got {x.dtype}")
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"npz:{arg}: x must be a numeric array, got {x.dtype}")
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4:
         raise DataError(f"npz:{arg}: x must have 3 or 4 dimensions (N,C,H,W or N,H,W,C), got shape {x.shape}")
     if x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
         x = x.transpose(0, 3, 1, 2)
-    x = x.astype(np.float32)
-    if not np.isfinite(x).all() or x.min(initial=0) < 0 or x.max(initial=0) > 1:
-        raise DataError(f"npz:{arg}: x must be in [0, 1] (found min {np.nanmin(x):.3g}, max {np.nanmax(x):.3g})")
+    if 0 in x.shape[1:]:
+        raise DataError(f"npz:{arg}: x has empty images (shape {x.shape})")
+    with np.errstate(all="ignore"):  # values too large for float32 become inf and are refused below
+        x = x.astype(np.float32)
+        finite = x[np.isfinite(x)]
+    if finite.size != x.size or x.min(initial=0) < 0 or x.max(initial=0) > 1:
+        found = f"min {finite.min():.3g}, max {finite.max():.3g}" if finite.size else "no finite values"
+        extra = f", {x.size - finite.size} NaN/Inf" if finite.size not in (0, x.size) else ""
+        raise DataError(f"npz:{arg}: x must be in [0, 1] (found {found}{extra})")
     return x
 
 
@@ -276,6 +335,7 @@ def with_train_half(data: Dataset, half: str) -> Dataset:
         raise DataError(f"train half must be 'a' or 'b', got '{half}'")
     tr = data.splits["train"]
     y = data.y[tr].numpy()
-    halves = stratified_splits(y, {"a": len(y) // 2, "b": len(y) - len(y) // 2}, data.split_seed + 101)
+    halves = stratified_splits(y, {"a": len(y) // 2, "b": len(y) - len(y) // 2}, data.split_seed + 101,
+                               f"{data.spec} (train half {half})")
     splits = dict(data.splits, train=tr[halves[half]])
     return Dataset(data.spec, data.x, data.y, data.num_classes, data.mean, data.std, splits, data.split_seed)

@@ -15,12 +15,10 @@ FLAG_FPR = 0.05  # the calibrated threshold an adaptive attacker must stay under
 
 
 def accepts(name: str, argument: str) -> bool:
-    """Whether the attack registered as ``name`` takes ``argument`` (adapters take none)."""
+    """Whether the attack registered as ``name`` takes ``argument`` (a family member: its family's)."""
     from robench.registry import registry
 
-    if ":" in name:
-        return False
-    cls = registry("attacks").get(name)
+    cls = registry("attacks").get(name.partition(":")[0])
     return argument in inspect.signature(cls).parameters
 
 
@@ -37,6 +35,9 @@ def craft(cell, model, x: torch.Tensor, y: torch.Tensor, cfg, quiet: bool,
             kwargs.update(detector=detector, fpr=FLAG_FPR)
     if accepts(cell.attack, "seed"):
         kwargs.setdefault("seed", cell.seed)
+    key = _craft_key(cell, model, x, kwargs, detector)
+    if key in _CRAFTED:  # the same attack already ran for another threat model of this cell
+        return _CRAFTED[key]
     attack = create_attack(cell.attack, model, eps=cell.eps, **kwargs)
     label = f"{cell.attack} eps={cell.eps:g} {cell.threat.value}" + (f" {objective}" if objective else "")
     bar = progress_bar(total=len(y), desc=label, unit="img", disable=quiet)
@@ -47,7 +48,25 @@ def craft(cell, model, x: torch.Tensor, y: torch.Tensor, cfg, quiet: bool,
     bar.close()
     passes = int(getattr(attack, "n_forward", 0)) + int(getattr(attack, "n_backward", 0))
     used = objective or str(getattr(attack, "objective", None) or "default")
-    return torch.cat(chunks), passes, used
+    _CRAFTED[key] = (torch.cat(chunks), passes, used)
+    while len(_CRAFTED) > _CRAFT_CACHE_SIZE:
+        _CRAFTED.pop(next(iter(_CRAFTED)))
+    return _CRAFTED[key]
+
+
+_CRAFTED: Dict[tuple, Tuple[torch.Tensor, int, str]] = {}
+_CRAFT_CACHE_SIZE = 6  # an (attack, eps) runs its threat models one after another
+
+
+def _craft_key(cell, model, x: torch.Tensor, kwargs: Dict[str, Any], detector) -> tuple:
+    """What decides an attack's output: gray-box and the white-box ``ce`` candidate share it."""
+    if "objective" not in kwargs and accepts(cell.attack, "objective"):
+        from robench.registry import registry
+
+        default = inspect.signature(registry("attacks").get(cell.attack)).parameters["objective"].default
+        kwargs = {**kwargs, "objective": default}
+    plain = tuple(sorted((k, repr(v)) for k, v in kwargs.items() if k != "detector"))
+    return (id(model), id(x), len(x), cell.attack, cell.eps, plain, id(detector) if "detector" in kwargs else None)
 
 
 def white_box(cell, ctx, cfg, quiet: bool) -> Tuple[torch.Tensor, int, str, str]:

@@ -3,23 +3,31 @@
 One straight line: load each model and its data splits, fit and calibrate the
 detectors on train/val, craft adversarial examples on the test points under
 each threat model, recompute predictions and scores, and write one cell per
-(model, attack, eps, threat, detector) into the run directory. Finished cells
-are never recomputed.
+(model, attack, eps, threat, detector) into the run directory.
+
+A cell's id is a content hash of everything that decides its numbers (the
+checkpoint's sha256, attack and parameters, eps, threat, detectors, the test
+points' indices and bytes, batch size, device type, seed, robench's version), so finished cells
+are never recomputed and a changed parameter makes a new cell. Each cell's
+attack draws from its own generator seeded from (seed, cell key), and every
+cell runs with the same torch thread count, so a killed and resumed run, a
+repeated run and a Ray run all write the same results.csv byte for byte.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
-from robench.errors import RobenchError, UsageError
+from robench.errors import UsageError
 from robench.threats import ThreatModel
 
 
@@ -43,6 +51,7 @@ class AttackConfig:
     sanity: bool = True
     executor: str = "local"  # or "ray"
     ray_address: Optional[str] = None
+    threads: Optional[int] = None  # torch threads for every cell, wherever it runs (None: this process's)
 
     def eps_for(self, spec: str) -> List[float]:
         return self.attack_eps.get(spec, self.eps)
@@ -58,6 +67,8 @@ class AttackConfig:
             raise UsageError(f"--n must be >= 1, got {self.n}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"threads must be >= 1, got {self.threads}")
         threats = [ThreatModel.parse(t) for t in self.threats]
         if ThreatModel.BLACK_BOX in threats and not self.surrogate:
             raise UsageError("--threat black-box needs --surrogate CKPT (the model the attacker crafts on)")
@@ -71,6 +82,11 @@ class AttackConfig:
         for path in self.models + ([self.surrogate] if self.surrogate else []):
             if not Path(path).is_file():
                 raise UsageError(f"checkpoint {path}: no such file")
+        stems = [Path(p).stem for p in self.models]
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        if twice:  # rows and feature files are keyed by the checkpoint's file stem
+            raise UsageError(f"two models would both be named {', '.join(twice)} (the checkpoint's file "
+                             f"stem); rename one of the files")
 
 
 def _check_attack_kwargs(name: str, kwargs: Dict[str, Any]) -> None:
@@ -97,16 +113,29 @@ class ModelContext:
 
 
 def run_attack(cfg: AttackConfig, out: str, quiet: bool = False, force: bool = False) -> str:
-    """Run every cell of ``cfg`` into the run directory ``out``; return a summary table."""
-    from robench.devices import resolve_device
-    from robench.results import RunDir
+    """Run every cell of ``cfg`` into the run directory ``out``; return a summary table.
 
+    Finished cells (``out/cells/<id>``) are reused, never recomputed; cells of an
+    earlier configuration that this one does not plan are removed. The caller's
+    global RNG state is left as it was: every cell draws from its own generator.
+    """
     cfg.validate()
+    # CPU matrix products split their sums by thread count, so one count for every cell
+    # (here and in Ray workers) keeps the numbers identical wherever a cell runs.
+    cfg = replace(cfg, threads=cfg.threads or torch.get_num_threads())
+    with torch_threads(cfg.threads):
+        return _run_grid(cfg, out, quiet, force)
+
+
+def _run_grid(cfg: AttackConfig, out: str, quiet: bool, force: bool) -> str:
+    from robench.devices import resolve_device
+    from robench.executors import make_executor
+
     device = resolve_device(cfg.device)
     run = open_run(out, cfg, force, device)
     started = time.time()
     surrogate = _load(cfg.surrogate, cfg.arch, device) if cfg.surrogate else None
-    contexts, jobs, cached = {}, [], 0
+    contexts, jobs, seeds, cached = {}, [], {}, 0
     for path in cfg.models:
         ctx = prepare_model(path, cfg, device)
         contexts[path] = ctx
@@ -114,23 +143,22 @@ def run_attack(cfg: AttackConfig, out: str, quiet: bool = False, force: bool = F
             _check_surrogate(surrogate, ctx)
         run.write_features(ctx.model.info.name, _features(ctx, cfg.batch_size), ctx.y, ctx.clean_pred, ctx.index)
         for cell in plan_cells(cfg, ctx):
+            seeds.update({i: cell.seed for i in cell.output_ids()})
             if all(run.has_cell(i) for i in cell.output_ids()):
                 cached += 1
             else:
                 jobs.append((path, cell))
-    from robench.executors import make_executor
-
-    executor = make_executor(cfg)
+    prune_cells(run, set(seeds))
     done = 0
-    for outputs, seconds in executor.run(jobs, contexts, surrogate, cfg, quiet):
+    executor = make_executor(cfg) if jobs else None
+    for outputs, seconds in executor.run(jobs, contexts, surrogate, cfg, quiet) if executor else []:
         for cell_id, row, samples, adv_f, x_adv in outputs:
-            run.write_cell(cell_id, row, samples, adv_f, x_adv)
-            run.write_timing(cell_id, seconds)
+            run.write_cell(cell_id, row, samples, adv_f, x_adv, seconds=seconds)
         done += 1
     run.finalize()
     named = {c.model.info.name: (c.model, c.x, c.y) for c in contexts.values()}
     sanity = write_sanity(run, named, cfg) if cfg.sanity else None
-    _finish_manifest(run, started)
+    _finish_manifest(run, started, seeds, done, cached)
     return summary_table(run, done, cached, time.time() - started, sanity)
 
 
@@ -138,39 +166,148 @@ def write_sanity(run, contexts, cfg: AttackConfig):
     from robench.results import atomic_write_csv
     from robench.sanity import sanity_report
 
-    report = sanity_report(run.results(), contexts, seed=cfg.seed)
+    report = sanity_report(run.results(), contexts, seed=cfg.seed, batch_size=cfg.batch_size)
     atomic_write_csv(Path(run.path) / "sanity.csv", report)
     return report
 
 
 # -- preparing -----------------------------------------------------------------------
 
+_HOW = ("executor", "ray_address", "threads")  # where and how cells run: not what they compute
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]) -> Iterator[None]:
+    """Run a block with ``n`` torch threads (None: as it is), restoring the count after."""
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def run_identity(cfg: AttackConfig) -> Dict[str, Any]:
+    """What a run directory is bound to: the configuration, less where its cells run."""
+    from robench.results import to_jsonable
+
+    config = {"command": "attack", **{k: v for k, v in asdict(cfg).items() if k not in _HOW}}
+    return json.loads(json.dumps(to_jsonable(config), sort_keys=True))
+
+
+def check_run_dir(out: str, cfg: AttackConfig, force: bool) -> bool:
+    """Refuse ``out`` if it is not a run directory, or one made with another configuration.
+
+    Touches nothing, so a suite can call it before training. Returns whether
+    ``out`` holds a run of another configuration (allowed only with ``force``).
+    """
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    manifest = path / "manifest.json"
+    if path.is_dir() and any(path.iterdir()) and not (manifest.is_file() or (path / "cells").is_dir()):
+        raise UsageError(f"--out {out}: folder exists, is not empty and is not a robench run directory; "
+                         f"choose another --out")
+    if not manifest.is_file():
+        return False
+    try:
+        old = json.loads(manifest.read_text(encoding="utf-8")).get("config")
+    except (OSError, ValueError, AttributeError):
+        old = None
+    new = run_identity(cfg)
+    if old == new:
+        return False
+    if not force:
+        raise UsageError(f"--out {out}: this run directory was made with a different configuration "
+                         f"({_config_diff(old, new)}); use --force to replace it (finished cells that "
+                         f"still match are kept), or choose another --out")
+    return True
+
+
+def _config_diff(old: Any, new: Dict[str, Any]) -> str:
+    if not isinstance(old, dict):
+        return "its manifest.json has no readable configuration"
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    parts = [f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in keys[:4]]
+    return "; ".join(parts) + (f"; and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def open_run(out: str, cfg: AttackConfig, force: bool, device=None):
+    """Create or reopen the run directory and write its manifest (cells are kept: see :func:`prune_cells`)."""
     from robench.results import RunDir, atomic_write_json, collect_versions, git_hash
 
-    # Where cells run does not change what they compute: not part of the identity.
-    config = {"command": "attack", **{k: v for k, v in asdict(cfg).items() if k not in ("executor", "ray_address")}}
+    replacing = check_run_dir(out, cfg, force)
     run = RunDir.create(out)
-    manifest_path = Path(out) / "manifest.json"
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text()).get("config")
-        if old != config and not force:
-            raise UsageError(f"--out {out}: run directory was made with a different configuration "
-                             f"(use --force to overwrite, or another --out)")
-        if old != config:
-            run.clear()
-    atomic_write_json(manifest_path, {
-        "config": config, "versions": collect_versions(), "git": git_hash(),
-        "device": str(device or cfg.device), "executor": cfg.executor, "torch_threads": torch.get_num_threads(), "seeds": {"seed": cfg.seed}, "start_time": _now(), "end_time": None,
-        "determinism": {"torch_deterministic": torch.are_deterministic_algorithms_enabled()},
+    _remove_leftovers(Path(out), replacing)
+    atomic_write_json(Path(out) / "manifest.json", {
+        "config": run_identity(cfg), "versions": collect_versions(), "git": git_hash(),
+        "device": str(device or cfg.device), "executor": cfg.executor, "seeds": {"seed": cfg.seed},
+        "determinism": determinism_settings(), "start_time": _now(), "end_time": None,
     })
     return run
+
+
+def determinism_settings() -> Dict[str, Any]:
+    """What decides whether a rerun reproduces the numbers bit for bit (for the manifest)."""
+    import os
+
+    return {
+        "cell_seed": "int(sha256(model, attack, params, eps, points, seed)[:8], 16) XOR seed; shared by the threat models of an (attack, eps); one torch.Generator per attack",
+        "global_rng": "never reseeded; model loading runs in a forked RNG state",
+        "torch_threads": torch.get_num_threads(),  # every cell's (see torch_threads)
+        "torch_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
+
+
+_OUTPUTS = ("results.csv", "samples.csv", "timings.csv", "sanity.csv")
+
+
+def _remove_leftovers(path: Path, replace: bool) -> None:
+    """Temporary files and staged cells of a killed run; all outputs when replacing a configuration."""
+    import shutil
+
+    for folder in (path, path / "cells", path / "features", path / "checkpoints"):
+        hidden = folder.glob(".*") if folder.is_dir() else []
+        for item in hidden:
+            if item.is_dir() and folder.name == "cells":
+                shutil.rmtree(item, ignore_errors=True)
+            elif item.is_file() and item.name.endswith(".tmp"):
+                item.unlink(missing_ok=True)
+    if replace:
+        for name in _OUTPUTS:
+            (path / name).unlink(missing_ok=True)
+        shutil.rmtree(path / "features", ignore_errors=True)
+
+
+def prune_cells(run, planned: set) -> None:
+    """Remove finished cells this configuration does not plan (stale keys), so results.csv has only its own."""
+    import os
+    import shutil
+
+    for cell_id in run.cell_ids():
+        if cell_id not in planned:
+            trash = run.cell_dir(cell_id).with_name(f".stale-{cell_id}")
+            os.replace(run.cell_dir(cell_id), trash)  # out of sight at once, even if killed mid-removal
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def _load(path: str, arch: Optional[str], device):
     from robench.checkpoints import load_model
 
-    return load_model(path, arch=arch, device=device)
+    # Building the architecture draws its (discarded) initial weights from the global RNG.
+    cuda = [device] if device is not None and torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        return load_model(path, arch=arch, device=device)
 
 
 def prepare_model(path: str, cfg: AttackConfig, device) -> ModelContext:
@@ -259,7 +396,8 @@ def plan_cells(cfg: AttackConfig, ctx: ModelContext) -> List[Cell]:
     from robench.specs import parse_spec
 
     cells = []
-    index_digest = hashlib.sha256(ctx.index.numpy().tobytes()).hexdigest()
+    index_digest = _points_digest(ctx)
+    surrogate_sha = _sha(cfg.surrogate) if cfg.surrogate else None
     for spec in cfg.attacks:
         name, kwargs = parse_spec(spec)
         for eps in cfg.eps_for(spec):
@@ -268,12 +406,32 @@ def plan_cells(cfg: AttackConfig, ctx: ModelContext) -> List[Cell]:
                 for dets in groups:
                     key = json.dumps({"model": ctx.sha256, "attack": name, "kwargs": kwargs, "eps": eps,
                                       "threat": threat.value, "detectors": dets, "index": index_digest,
-                                      "seed": cfg.seed, "surrogate": cfg.surrogate and _sha(cfg.surrogate),
-                                      "version": __version__}, sort_keys=True, default=str)
+                                      "dataset": ctx.dataset, "arch": cfg.arch, "batch_size": cfg.batch_size,
+                                      "device": ctx.model.device.type, "seed": cfg.seed,
+                                      "surrogate": surrogate_sha, "version": __version__},
+                                     sort_keys=True, default=str)
                     digest = hashlib.sha256(key.encode()).hexdigest()
                     cells.append(Cell(digest[:16], name, kwargs, eps, threat, dets,
-                                      int(digest[16:24], 16) ^ cfg.seed))
+                                      attack_seed(ctx, name, kwargs, eps, index_digest, cfg.seed)))
     return cells
+
+
+def attack_seed(ctx: ModelContext, name: str, kwargs: Dict[str, Any], eps: float, index_digest: str,
+                seed: int) -> int:
+    """The attack generator's seed: the same for every threat model and detector of an
+    (attack, eps), so the white-box attacker's ``ce`` candidate is exactly the gray-box
+    example and white-box can never come out weaker than gray-box by chance."""
+    key = json.dumps({"model": ctx.sha256, "attack": name, "kwargs": kwargs, "eps": eps,
+                      "index": index_digest, "seed": seed}, sort_keys=True, default=str)
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) ^ seed
+
+
+def _points_digest(ctx: ModelContext) -> str:
+    """The test points' indices and bytes: a dataset file replaced on disk means new cells."""
+    digest = hashlib.sha256()
+    for tensor in (ctx.index, ctx.x, ctx.y):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _sha(path: str) -> str:
@@ -284,6 +442,11 @@ def _sha(path: str) -> str:
 
 def run_cell(cell: Cell, ctx: ModelContext, surrogate, cfg: AttackConfig, quiet: bool):
     """Craft and evaluate one cell; yields (cell_id, row, samples, adv_features, x_adv) per detector."""
+    with torch_threads(cfg.threads):
+        return _run_cell(cell, ctx, surrogate, cfg, quiet)
+
+
+def _run_cell(cell: Cell, ctx: ModelContext, surrogate, cfg: AttackConfig, quiet: bool):
     from robench.evaluate import craft, evaluate_cell, white_box
 
     if cell.threat == ThreatModel.WHITE_BOX:
@@ -305,13 +468,15 @@ def run_cell(cell: Cell, ctx: ModelContext, surrogate, cfg: AttackConfig, quiet:
 
 # -- finishing ------------------------------------------------------------------------
 
-def _finish_manifest(run, started: float) -> None:
+def _finish_manifest(run, started: float, seeds: Dict[str, int], done: int, cached: int) -> None:
     from robench.results import atomic_write_json
 
     path = Path(run.path) / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["end_time"] = _now()
     manifest["wall_seconds"] = round(time.time() - started, 1)
+    manifest["cells"] = {"run": done, "cached": cached}
+    manifest["cell_seeds"] = dict(sorted(seeds.items()))  # what each cell's attack generator was seeded with
     atomic_write_json(path, manifest)
 
 

@@ -6,7 +6,7 @@ distrust a robustness number, with the evidence that raised it.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 import torch
@@ -76,13 +76,23 @@ def _threat_order(model: str, df: pd.DataFrame) -> Dict[str, object]:
                 "; ".join(bad) or f"{len(wb)} white-box cells compared")
 
 
-def check_model(model, x: torch.Tensor, y: torch.Tensor, eps: float, attack_acc: Optional[float],
-                seed: int = 0) -> List[Dict[str, object]]:
-    """Checks that run the model: gradients, determinism, eps=1, random noise."""
+def check_model(model, x: torch.Tensor, y: torch.Tensor, attack_acc: Dict[str, Tuple[float, float]],
+                seed: int = 0, batch_size: int = 256) -> List[Dict[str, object]]:
+    """Checks that run the model: gradients, determinism, eps = 1, random noise.
+
+    Args:
+        attack_acc: per norm ("Linf", "L2"), (eps, lowest robust accuracy of any
+            attack at that eps): the largest budget the run attacked with.
+    """
     name = model.info.name
-    x, y = x[:PROBE_N].to(model.device), y[:PROBE_N].to(model.device)
-    return [_gradients(name, model, x, y), _determinism(name, model, x), _unbounded(name, model, x, y),
-            _noise(name, model, x, y, eps, attack_acc, seed)]
+    x, y = x.to(model.device), y.to(model.device)
+    probe_x, probe_y = x[:PROBE_N], y[:PROBE_N]
+    rows = [_gradients(name, model, probe_x, probe_y), _determinism(name, model, probe_x),
+            _unbounded(name, model, probe_x, probe_y, seed)]
+    for norm in sorted(attack_acc) or ["Linf"]:
+        eps, acc = attack_acc.get(norm, (0.0, None))
+        rows.append(_noise(name, model, x, y, norm, eps, acc, seed, batch_size))
+    return rows
 
 
 def _gradients(name: str, model, x: torch.Tensor, y: torch.Tensor) -> Dict[str, object]:
@@ -108,10 +118,10 @@ def _determinism(name: str, model, x: torch.Tensor) -> Dict[str, object]:
                 f"max diff between two passes {d_repeat:.2e}, batch vs single {d_batch:.2e} (logit scale {scale:.2g})")
 
 
-def _unbounded(name: str, model, x: torch.Tensor, y: torch.Tensor) -> Dict[str, object]:
+def _unbounded(name: str, model, x: torch.Tensor, y: torch.Tensor, seed: int) -> Dict[str, object]:
     from robench.attacks import create_attack
 
-    attack = create_attack("pgd", model, eps=1.0, steps=20, objective="margin", seed=0)
+    attack = create_attack("pgd", model, eps=1.0, steps=20, objective="margin", seed=seed)
     with torch.no_grad():
         acc = float((model(attack(x, y)).argmax(1) == y).float().mean())
     chance = 1.0 / model.num_classes
@@ -120,25 +130,53 @@ def _unbounded(name: str, model, x: torch.Tensor, y: torch.Tensor) -> Dict[str, 
 
 
 @torch.no_grad()
-def _noise(name: str, model, x: torch.Tensor, y: torch.Tensor, eps: float, attack_acc: Optional[float],
-           seed: int) -> Dict[str, object]:
+def _noise(name: str, model, x: torch.Tensor, y: torch.Tensor, norm: str, eps: float,
+           attack_acc: Optional[float], seed: int, batch_size: int) -> Dict[str, object]:
+    check = f"attack beats random noise ({norm})"
+    if attack_acc is None or eps <= 0:
+        return _row(name, check, False, f"no {norm} attack with eps > 0 to compare")
+    x_noisy = (x + eps * random_direction(x, norm, seed)).clamp(0, 1)
+    pred = torch.cat([model(xb).argmax(1) for xb in x_noisy.split(batch_size)])
+    noise_acc = float((pred == y).float().mean())
+    # An attack that leaves nothing standing cannot be beaten, so 0 vs 0 is no evidence.
+    flagged = attack_acc > 0 and noise_acc <= attack_acc + 1e-9
+    kind = "random sign" if norm == "Linf" else "random Gaussian direction"
+    return _row(name, check, flagged,
+                f"{kind} noise at {norm} eps {eps:g}: accuracy {noise_acc:.3f}; "
+                f"best attack: {attack_acc:.3f} ({len(y)} points)")
+
+
+def random_direction(x: torch.Tensor, norm: str, seed: int) -> torch.Tensor:
+    """Per sample, a random perturbation of norm 1 ("Linf": a random corner; "L2": a random direction)."""
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    sign = torch.randint(0, 2, x.shape, generator=gen, device=x.device).to(x.dtype) * 2 - 1
-    noise_acc = float((model((x + eps * sign).clamp(0, 1)).argmax(1) == y).float().mean())
-    if attack_acc is None:
-        return _row(name, "attack beats random noise", False, f"no attack at eps {eps:g} to compare")
-    flagged = noise_acc <= attack_acc + 1e-9 and eps > 0
-    return _row(name, "attack beats random noise", flagged,
-                f"random sign noise at Linf eps {eps:g}: accuracy {noise_acc:.3f}; "
-                f"best attack: {attack_acc:.3f}")
+    if norm == "Linf":
+        return torch.randint(0, 2, x.shape, generator=gen, device=x.device).to(x.dtype) * 2 - 1
+    d = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    return d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
 
 
-def sanity_report(results: pd.DataFrame, contexts: Dict[str, object], seed: int = 0) -> pd.DataFrame:
+NOISE_NORMS = ("Linf", "L2")
+
+
+def strongest_attacks(results: pd.DataFrame, model: str) -> Dict[str, Tuple[float, float]]:
+    """Per norm, (largest eps > 0, lowest robust accuracy at it) of ``model``'s rows."""
+    out: Dict[str, Tuple[float, float]] = {}
+    if not len(results):
+        return out
+    rows = results[(results["model"] == model) & (results["eps"] > 0)]
+    for norm in NOISE_NORMS:
+        by_norm = rows[rows["norm"] == norm]
+        if len(by_norm):
+            eps = float(by_norm["eps"].max())
+            out[norm] = (eps, float(by_norm[by_norm["eps"] == eps]["robust_acc"].min()))
+    return out
+
+
+def sanity_report(results: pd.DataFrame, contexts: Dict[str, object], seed: int = 0,
+                  batch_size: int = 256) -> pd.DataFrame:
     """All checks for every model of a run; ``contexts`` maps model name -> (model, x, y)."""
     rows = check_results(results) if len(results) else []
     for name, (model, x, y) in sorted(contexts.items()):
-        linf = results[(results["model"] == name) & (results["norm"] == "Linf")] if len(results) else results
-        eps = float(linf["eps"].max()) if len(linf) else 0.3
-        at_eps = linf[linf["eps"] == eps]["robust_acc"] if len(linf) else pd.Series(dtype=float)
-        rows += check_model(model, x, y, eps, float(at_eps.min()) if len(at_eps) else None, seed)
-    return pd.DataFrame(rows, columns=["model", "check", "flagged", "evidence"])
+        rows += check_model(model, x, y, strongest_attacks(results, name), seed, batch_size)
+    report = pd.DataFrame(rows, columns=["model", "check", "flagged", "evidence"])
+    return report.sort_values("model", kind="stable").reset_index(drop=True)  # each model's checks together
