@@ -1,0 +1,72 @@
+"""PGD under Linf: projected gradient ascent from a random start in the eps-ball."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from robench.attacks.base import GradientAttack
+from robench.attacks.params import check_bool, check_int, default_step
+
+
+class PGD(GradientAttack):
+    r"""PGD in the paper 'Towards Deep Learning Models Resistant to Adversarial Attacks'
+    [https://arxiv.org/abs/1706.06083]
+
+    Distance Measure: Linf
+
+    Arguments:
+        model (RobustModel): model to attack (inputs in [0, 1]).
+        eps (float): maximum perturbation, in [0, 1].
+        steps (int): number of steps. (Default: 20)
+        step_size (float): step per iteration. (Default: 2.5 * eps / steps, so the
+            walk can cross the ball and back, as Madry et al. recommend)
+        random_start (bool): start at a uniform point of the ball. (Default: True)
+        restarts (int): independent runs; per sample the one with the highest
+            final objective is kept. (Default: 1)
+        objective (str): "ce", "margin", "lkd" or "joint". (Default: "ce")
+        seed (int): seed of the attack's own generator. (Default: 0)
+        **objective_options: ``detector``, ``fpr``, ``detector_weight`` for "joint".
+
+    Shape:
+        - x: (N, C, H, W) in [0, 1]; y: (N,) labels; output: (N, C, H, W).
+
+    Examples::
+        >>> attack = PGD(model, eps=0.3, steps=40)
+        >>> x_adv = attack(x, y)
+    """
+
+    name = "pgd"
+    norm = "Linf"
+
+    def __init__(self, model: torch.nn.Module, eps: float, steps: int = 20,
+                 step_size: Optional[float] = None, random_start: bool = True, restarts: int = 1,
+                 objective: str = "ce", seed: int = 0, **objective_options: Any) -> None:
+        super().__init__(model, eps, objective, seed, **objective_options)
+        self.steps = check_int(self.name, "steps", steps)
+        self.step_size = default_step(step_size, self.eps, self.steps, 2.5, self.name)
+        self.random_start = check_bool(self.name, "random_start", random_start)
+        self.restarts = check_int(self.name, "restarts", restarts)
+        self.params.update(steps=self.steps, step_size=self.step_size,
+                           random_start=self.random_start, restarts=self.restarts)
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # Ball and [0, 1] box intersect in one box, so projecting is one clamp.
+        lower = (x - self.eps).clamp_(min=0.0)
+        upper = (x + self.eps).clamp_(max=1.0)
+        return self._best_of(lambda x_, y_: self._attempt(x_, y_, lower, upper), x, y, self.restarts)
+
+    def _attempt(self, x: torch.Tensor, y: torch.Tensor, lower: torch.Tensor,
+                 upper: torch.Tensor) -> torch.Tensor:
+        x_adv = x.clone()
+        if self.random_start:
+            noise = torch.rand(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+            x_adv.add_(noise.mul_(2 * self.eps).sub_(self.eps))
+            torch.clamp(x_adv, lower, upper, out=x_adv)
+        for _ in range(self.steps):
+            grad = self._gradient(x_adv, y)
+            with torch.no_grad():  # in place on the leaf: no new tensors per step
+                x_adv.add_(grad.sign_(), alpha=self.step_size)
+                torch.clamp(x_adv, lower, upper, out=x_adv)
+        return x_adv.detach()
