@@ -27,6 +27,15 @@ MIN_ACC = 0.7
 EPS = 0.1
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: a second intra-op thread only oversubscribes shared cores (measured 10x slower under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def trained(digits):
     """name -> a small-cnn trained on digits with that defense's quick configuration (trained once)."""
@@ -42,11 +51,11 @@ def trained(digits):
     return get
 
 
-def fresh_model(defense, digits, arch: str = "small-cnn"):
+def fresh_model(defense, digits):
     """An untrained model as training builds it, in train mode."""
     c, h, _ = digits.input_shape
     kwargs = {"num_classes": 10, "feature_dim": 16, "head": defense.head, "in_channels": c, "input_size": h}
-    info = ModelInfo(arch=arch, arch_kwargs=kwargs, defense=defense.name, defense_params=dict(defense.params),
+    info = ModelInfo(arch="small-cnn", arch_kwargs=kwargs, defense=defense.name, defense_params=dict(defense.params),
                      dataset="digits", num_classes=10, feature_dim=16, input_shape=digits.input_shape,
                      mean=digits.mean, std=digits.std)
     return build_model(info).train()
