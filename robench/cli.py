@@ -7,7 +7,9 @@ torch, ART and matplotlib are imported inside the commands that need them, so
 from __future__ import annotations
 
 import json
+import signal
 import sys
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import click
@@ -16,25 +18,76 @@ from robench.errors import RobenchError, UsageError
 from robench.registry import KINDS, registry
 
 
+class Interrupted(Exception):
+    """Ctrl-C inside a command (re-raised past Click, which would print a blank line first)."""
+
+
+class CtrlC:
+    """Remembers that Ctrl-C was pressed while a command ran.
+
+    A library interrupted in the middle of an import can fail afterwards with an
+    unrelated exception (AttributeError, RecursionError) instead of the
+    KeyboardInterrupt; with this flag the command still ends as interrupted.
+    """
+
+    pressed = False
+
+    def __enter__(self) -> "CtrlC":
+        CtrlC.pressed, self.previous = False, None
+        try:
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when ignored (nohup, &)
+                self.previous = signal.signal(signal.SIGINT, self._pressed)
+        except ValueError:  # signal handlers live in the main thread only
+            pass
+        return self
+
+    @staticmethod
+    def _pressed(signum: int, frame: Any) -> None:
+        CtrlC.pressed = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 class RobenchGroup(click.Group):
     """Turns every user error into one line on stderr and a non-zero exit."""
 
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted() from None
+
     def main(self, args: Optional[Sequence[str]] = None, prog_name: Optional[str] = None,
              complete_var: Optional[str] = None, standalone_mode: bool = True, **extra: Any) -> Any:
-        try:
-            return super().main(args=args, prog_name=prog_name or "robench", complete_var=complete_var,
-                                standalone_mode=False, **extra)
-        except click.exceptions.Exit as exc:
-            sys.exit(exc.exit_code)
-        except click.UsageError as exc:  # includes BadParameter, NoSuchOption
-            _fail(_one_line(exc.format_message()), 2)
-        except (KeyboardInterrupt, click.exceptions.Abort):
-            _fail("interrupted; finished work was kept", 130)
-        except RobenchError as exc:
-            _fail(_one_line(str(exc)), exc.exit_code)
-        except OSError as exc:  # disk full, permission denied, ...
-            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-            _fail(f"{exc.strerror or exc}{where}", 1)
+        with CtrlC():
+            try:
+                return super().main(args=args, prog_name=prog_name or "robench", complete_var=complete_var,
+                                    standalone_mode=False, **extra)
+            except click.exceptions.Exit as exc:
+                sys.exit(exc.exit_code)
+            except Exception as exc:
+                _fail_for(exc)
+            except KeyboardInterrupt:
+                _fail_for(Interrupted())
+
+
+def _fail_for(exc: BaseException) -> None:
+    """Exit with one line for an error the user can cause; re-raise anything else (a bug)."""
+    if CtrlC.pressed or isinstance(exc, (Interrupted, click.exceptions.Abort)):
+        if sys.stderr.isatty():
+            click.echo("", err=True)  # end the terminal's ^C echo
+        _fail("interrupted; finished work was kept (run the same command again to continue)", 130)
+    if isinstance(exc, click.UsageError):  # includes BadParameter, NoSuchOption
+        _fail(_one_line(exc.format_message()), 2)
+    if isinstance(exc, RobenchError):
+        _fail(_one_line(str(exc)), exc.exit_code)
+    if isinstance(exc, OSError):  # disk full, permission denied, ...
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        _fail(f"{exc.strerror or exc}{where}", 1)
+    raise exc
 
 
 def _one_line(text: str) -> str:
@@ -53,7 +106,29 @@ def cli() -> None:
 
 
 def main() -> None:
-    cli()
+    """The ``robench`` console script."""
+    try:
+        cli()
+    except SystemExit as exc:
+        if exc.code == 130:
+            _exit_interrupted()
+        raise
+
+
+def _exit_interrupted() -> None:
+    """Exit with 130 even if a library saw the KeyboardInterrupt first.
+
+    Python ends a process by re-sending itself SIGINT when a KeyboardInterrupt
+    escaped code a C extension ran (some run imports that way), which the shell
+    reports as a signal death instead of the 130 and one line already printed.
+    """
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 # -- shared option bundles ---------------------------------------------------------
@@ -73,8 +148,21 @@ def quiet_option(f):
 
 # -- list / inspect ------------------------------------------------------------------
 
+class NameChoice(click.Choice):
+    """A closed set of names whose error suggests the nearest ones, like the registries do."""
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        if value in self.choices:
+            return value
+        import difflib
+
+        near = difflib.get_close_matches(str(value), list(self.choices), n=2, cutoff=0.4)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        self.fail(f"unknown kind '{value}'{hint} (known: {', '.join(self.choices)})", param, ctx)
+
+
 @cli.command("list")
-@click.argument("kind", required=False, type=click.Choice(KINDS))
+@click.argument("kind", required=False, type=NameChoice(KINDS))
 @click.argument("pattern", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(kind: Optional[str], pattern: Optional[str], as_json: bool) -> None:
@@ -144,10 +232,11 @@ def train(defense: str, dataset: str, arch: str, epochs: Optional[int], batch_si
           feature_dim: Optional[int], train_half: Optional[str], seed: int, device: str, quiet: bool,
           out: str) -> None:
     """Train a model with a registered defense and write a checkpoint."""
-    from robench.commands import run_train
+    from robench.commands import keep_only_finished, run_train
 
-    run_train(defense=defense, dataset=dataset, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
-              feature_dim=feature_dim, train_half=train_half, seed=seed, device=device, quiet=quiet, out=out)
+    with keep_only_finished(str(Path(out).parent), own_folder=False):
+        run_train(defense=defense, dataset=dataset, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
+                  feature_dim=feature_dim, train_half=train_half, seed=seed, device=device, quiet=quiet, out=out)
 
 
 # -- attack ------------------------------------------------------------------------------
@@ -177,13 +266,18 @@ def train(defense: str, dataset: str, arch: str, epochs: Optional[int], batch_si
 def attack(models, attacks, eps, threats, surrogate, detectors, dataset, arch, n, batch_size, seed, device,
            executor, ray_address, quiet, force, out) -> None:
     """Attack checkpoints under a threat model and write a run directory."""
+    from robench.commands import check_writable_dir, keep_only_finished
     from robench.runner import AttackConfig, run_attack
 
+    check_writable_dir(out)
+    if arch:
+        registry("archs").entry(arch)  # an unknown name fails now, not after the data is loaded
     cfg = AttackConfig(models=list(models), attacks=list(attacks), eps=list(eps), threats=list(threats),
                        surrogate=surrogate, detectors=list(detectors), dataset=dataset, arch=arch, n=n,
                        batch_size=batch_size, seed=seed, device=device, executor=executor,
                        ray_address=ray_address)
-    summary = run_attack(cfg, out, quiet=quiet, force=force)
+    with keep_only_finished(out):
+        summary = run_attack(cfg, out, quiet=quiet, force=force)
     click.echo(summary)
 
 
@@ -202,23 +296,31 @@ def attack(models, attacks, eps, threats, surrogate, detectors, dataset, arch, n
 @click.option("--force", is_flag=True, help="Overwrite a run directory made with another configuration.")
 def run_cmd(suite: str, out, n, batch_size, seed, device, executor, ray_address, quiet: bool, force: bool) -> None:
     """Run the whole grid a SUITE.yaml describes (finished cells are reused)."""
+    from robench.commands import check_writable_dir, keep_only_finished, suite_out
     from robench.suite import run_suite
 
     overrides = {"n": n, "batch_size": batch_size, "seed": seed, "device": device, "executor": executor,
                  "ray_address": ray_address}
-    click.echo(run_suite(suite, out=out, overrides=overrides, quiet=quiet, force=force))
+    out_dir = suite_out(suite, out)
+    if out_dir:
+        check_writable_dir(out_dir)
+    with keep_only_finished(out_dir):
+        click.echo(run_suite(suite, out=out, overrides=overrides, quiet=quiet, force=force))
 
 
 # -- report / demo ---------------------------------------------------------------------
 
 @cli.command()
-@click.argument("run_dirs", nargs=-1, required=True)
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Report directory.")
 def report(run_dirs, out: str) -> None:
     """Build CSV tables, plots and index.html from run directories."""
+    from robench.commands import check_writable_dir, keep_only_finished
     from robench.reports import build_report
 
-    index = build_report(list(run_dirs), out)
+    check_writable_dir(out)
+    with keep_only_finished(out):
+        index = build_report(list(run_dirs), out)
     click.echo(f"report written to {index}")
 
 

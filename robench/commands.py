@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import click
 
@@ -16,13 +18,100 @@ def check_writable_file(out: str) -> Path:
     path = Path(out)
     if path.is_dir():
         raise UsageError(f"--out {out}: is a folder, expected a file name")
-    parent = path.parent if str(path.parent) else Path(".")
-    existing = parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out}: folder {existing} is not writable")
+    _check_can_create(out, path.parent if str(path.parent) else Path("."))
     return path
+
+
+def check_writable_dir(out: str) -> Path:
+    """Fail early when the folder ``out`` cannot be created or written (touches nothing)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    _check_can_create(out, path)
+    return path
+
+
+def _check_can_create(out: str, folder: Path) -> None:
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--out {out}: {existing} is a file, not a folder")
+    try:  # os.access says yes to root even on read-only or special file systems: really try
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--out {out}: folder {existing} is not writable ({exc.strerror or exc})") from None
+
+
+@contextmanager
+def keep_only_finished(out: Optional[str], own_folder: bool = True) -> Iterator[None]:
+    """On any failure or interrupt, remove what this command created under ``out``, unless it holds finished work.
+
+    Finished work is a cell folder with its ``row.json`` or a trained checkpoint:
+    those stay (a rerun resumes from them). Everything else this invocation
+    created (the folder itself, a manifest, empty ``cells/``) is removed, so a
+    mistake leaves no half-written output behind. Entries that were there before
+    are never touched.
+
+    Args:
+        out: the command's output folder.
+        own_folder: whether only this command writes into ``out`` when it already
+            exists (a run directory: yes; the folder a checkpoint goes into: no,
+            so there only a folder this command created is removed).
+    """
+    if not out:
+        yield
+        return
+    path = Path(out)
+    top = _topmost_missing(path)
+    before = {p.name for p in path.iterdir()} if own_folder and top is None and path.is_dir() else None
+    try:
+        yield
+    except BaseException:
+        if top is not None and top.exists() and not _holds_finished_work(top):
+            shutil.rmtree(top, ignore_errors=True)
+        elif before is not None and path.is_dir() and not _holds_finished_work(path):
+            for new in (p for p in path.iterdir() if p.name not in before):
+                if new.is_dir():
+                    shutil.rmtree(new, ignore_errors=True)
+                else:
+                    new.unlink(missing_ok=True)
+        raise
+
+
+def suite_out(suite: str, out: Optional[str]) -> Optional[str]:
+    """The run folder ``robench run`` writes: ``--out``, else the suite's ``out:``, else runs/<stem>.
+
+    None when the suite file cannot be read (``run_suite`` reports why).
+    """
+    if out:
+        return out
+    try:
+        import yaml
+
+        data = yaml.safe_load(Path(suite).read_text(encoding="utf-8"))
+    except Exception:
+        return None
+    named = data.get("out") if isinstance(data, dict) else None
+    return named if isinstance(named, str) and named else str(Path("runs") / Path(suite).stem)
+
+
+def _topmost_missing(path: Path) -> Optional[Path]:
+    """The outermost folder of ``path`` that does not exist yet (what a command would create)."""
+    top = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        top = p
+    return top
+
+
+def _holds_finished_work(path: Path) -> bool:
+    def visible(p: Path) -> bool:
+        return not any(part.startswith(".") for part in p.relative_to(path).parts)
+
+    return any(visible(p) for pattern in ("cells/*/row.json", "**/*.pt") for p in path.glob(pattern))
 
 
 def run_train(*, defense: str, dataset: str, arch: str, epochs: Optional[int], batch_size: int,
