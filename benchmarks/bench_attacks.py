@@ -118,6 +118,52 @@ def speed(model, x, y, k: int, repeats: int) -> None:
         print(f"{name:34s} {cpu[name]:12.3f} {wall:16.3f} {cpu[name] / ref:12.3f}")
 
 
+class _Linear(torch.nn.Module):
+    """A near-free network: attack time on it is almost all engine work."""
+
+    def __init__(self, d: int, k: int = 10) -> None:
+        super().__init__()
+        self.feat = torch.nn.Linear(d, 16)
+        self.head = torch.nn.Linear(16, k)
+        self.classifier = self.head
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feat(x.flatten(1))
+
+
+def engine_overhead(model, x, y, k: int, repeats: int) -> None:
+    """Engine cost per step, measured where the network costs almost nothing.
+
+    (attack - floor) on a linear model, per step, as a share of one
+    fwd+bwd of the real network: an upper bound on what the attack loop adds,
+    and far less noisy than subtracting two long timings on a shared CPU.
+    """
+    import torchattacks
+    from robench.models import ModelInfo, RobustModel
+
+    info = ModelInfo("linear", {}, "softmax", {}, "mnist5k", 10, 16, tuple(x.shape[1:]), (0.1307,), (0.3081,))
+    cheap = RobustModel(_Linear(x[0].numel()), info).freeze()
+    eps, eps2 = 0.3, 2.0
+    rb_pgd = create_attack("pgd", cheap, eps=eps, steps=k)
+    rb_l2 = create_attack("pgd-l2", cheap, eps=eps2, steps=k)
+    methods: Dict[str, Callable[[], object]] = {
+        "floor": lambda: floor(cheap, x, y, k),
+        "robench pgd": lambda: rb_pgd(x, y),
+        "robench pgd-l2": lambda: rb_l2(x, y),
+        "torchattacks PGD": lambda: torchattacks.PGD(cheap, eps=eps, alpha=rb_pgd.step_size, steps=k)(x, y),
+        "torchattacks PGDL2": lambda: torchattacks.PGDL2(cheap, eps=eps2, alpha=rb_l2.step_size, steps=k)(x, y),
+        "real floor": lambda: floor(model, x, y, 1),
+    }
+    times = time_side_by_side(methods, repeats)
+    cpu = {name: min(t[0] for t in ts) for name, ts in times.items()}
+    per_pass = cpu["real floor"]
+    print(f"\n## Engine overhead per step (linear model, {repeats} repeats), as a share of one "
+          f"small-cnn fwd+bwd ({per_pass:.3f} s CPU)\n")
+    for name in ("robench pgd", "robench pgd-l2", "torchattacks PGD", "torchattacks PGDL2"):
+        step = (cpu[name] - cpu["floor"]) / k
+        print(f"{name:20s} {1000 * step:8.2f} ms/step  {step / per_pass:8.2%}")
+
+
 def cw_quality(model, x, y, binary: int, steps: int) -> None:
     correct = model.predict(x) == y
     ours = create_attack("cw-l2", model, eps=0, binary_search_steps=binary, steps=steps)
@@ -168,6 +214,7 @@ def main() -> None:
     print(f"model: small-cnn softmax on mnist5k, {args.epochs} epoch(s), "
           f"clean test accuracy on the batch {float((model.predict(x) == y).float().mean()):.3f}")
     speed(model, x, y, args.steps, args.repeats)
+    engine_overhead(model, x, y, args.steps, 10)
     cw_quality(model, x[:args.cw_n], y[:args.cw_n], args.cw_binary, args.cw_steps)
 
 

@@ -116,8 +116,11 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted(suite, reference, tmp_
 
 @pytest.mark.slow
 def test_ctrl_c_exits_130_and_keeps_finished_cells(suite, tmp_path):
+    # Long cells, so the signal lands while the grid is still running.
+    slow = tmp_path / "slow.yaml"
+    slow.write_text(suite.read_text().replace("steps: 3", "steps: 400"))
     out = tmp_path / "interrupted"
-    proc = start(suite, out)
+    proc = start(slow, out)
     wait_for_cells(proc, out, 1)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
