@@ -149,7 +149,7 @@ def test_single_problems(tmp_path, monkeypatch, text, needle):
 def test_shipped_suites_validate(monkeypatch, tmp_path):
     demo = load_suite(str(SUITES / "mnist5k.yaml"))
     assert [m.name for m in demo.models] == ["softmax", "gm"] and demo.surrogate.name == "surrogate"
-    assert dict(demo.attacks)["cw-l2:binary_search_steps=4,steps=25"] == [0.0]
+    assert dict(demo.attacks)["cw-l2:binary_search_steps=3,steps=20"] == [0.0]
     # The CIFAR-10 suite is valid once its dataset folder exists (nothing is read before the run).
     (tmp_path / "data" / "cifar10").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
