@@ -36,8 +36,11 @@ def craft(cell, model, x: torch.Tensor, y: torch.Tensor, cfg, quiet: bool,
     if accepts(cell.attack, "seed"):
         kwargs.setdefault("seed", cell.seed)
     key = _craft_key(cell, model, x, kwargs, detector)
-    if key in _CRAFTED:  # the same attack already ran for another threat model of this cell
-        return _CRAFTED[key]
+    hit = _CRAFTED.get(key)
+    # The same attack already ran for another threat model of this cell; the entry holds
+    # the model and inputs themselves, so a recycled id() can never match a stale entry.
+    if hit is not None and hit[0] is model and hit[1] is x and hit[2] is detector:
+        return hit[3]
     attack = create_attack(cell.attack, model, eps=cell.eps, **kwargs)
     label = f"{cell.attack} eps={cell.eps:g} {cell.threat.value}" + (f" {objective}" if objective else "")
     bar = progress_bar(total=len(y), desc=label, unit="img", disable=quiet)
@@ -48,13 +51,14 @@ def craft(cell, model, x: torch.Tensor, y: torch.Tensor, cfg, quiet: bool,
     bar.close()
     passes = int(getattr(attack, "n_forward", 0)) + int(getattr(attack, "n_backward", 0))
     used = objective or str(getattr(attack, "objective", None) or "default")
-    _CRAFTED[key] = (torch.cat(chunks), passes, used)
+    result = (torch.cat(chunks), passes, used)
+    _CRAFTED[key] = (model, x, detector, result)
     while len(_CRAFTED) > _CRAFT_CACHE_SIZE:
         _CRAFTED.pop(next(iter(_CRAFTED)))
-    return _CRAFTED[key]
+    return result
 
 
-_CRAFTED: Dict[tuple, Tuple[torch.Tensor, int, str]] = {}
+_CRAFTED: Dict[tuple, tuple] = {}
 _CRAFT_CACHE_SIZE = 6  # an (attack, eps) runs its threat models one after another
 
 

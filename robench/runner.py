@@ -119,6 +119,9 @@ def run_attack(cfg: AttackConfig, out: str, quiet: bool = False, force: bool = F
     earlier configuration that this one does not plan are removed. The caller's
     global RNG state is left as it was: every cell draws from its own generator.
     """
+    from robench.evaluate import _CRAFTED
+
+    _CRAFTED.clear()
     cfg.validate()
     # CPU matrix products split their sums by thread count, so one count for every cell
     # (here and in Ray workers) keeps the numbers identical wherever a cell runs.
