@@ -146,7 +146,8 @@ def load_suite(path: str, overrides: Optional[Dict[str, Any]] = None) -> Suite:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise SuiteError(f"suite {path}: {where}YAML syntax error: {getattr(exc, 'problem', None) or exc}") from None
+        detail = " ".join(str(getattr(exc, "problem", None) or exc).split())  # reader errors span lines
+        raise SuiteError(f"suite {path}: {where}YAML syntax error: {detail}") from None
     if not isinstance(data, dict):
         raise SuiteError(f"suite {path}: the top level must be a mapping of keys (dataset, models, attacks, ...)")
     return parse_suite(data, node_lines(node), str(path), overrides or {})
