@@ -31,9 +31,11 @@ class CtrlC:
     """
 
     pressed = False
+    done = False  # the command has returned; a late Ctrl-C changes nothing
+    last = False  # the process ends after this command (console script, not CliRunner)
 
     def __enter__(self) -> "CtrlC":
-        CtrlC.pressed, self.previous = False, None
+        CtrlC.pressed, CtrlC.done, self.previous = False, False, None
         try:
             if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when ignored (nohup, &)
                 self.previous = signal.signal(signal.SIGINT, self._pressed)
@@ -43,12 +45,17 @@ class CtrlC:
 
     @staticmethod
     def _pressed(signum: int, frame: Any) -> None:
+        if CtrlC.done:
+            return
         CtrlC.pressed = True
         raise KeyboardInterrupt
 
     def __exit__(self, *exc: Any) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        if self.previous is None:
+            return
+        # In the console script the process ends next: restoring Python's handler would let a
+        # Ctrl-C during interpreter teardown kill a command whose work is complete (exit -2, no line).
+        signal.signal(signal.SIGINT, signal.SIG_IGN if CtrlC.last else self.previous)
 
 
 class RobenchGroup(click.Group):
@@ -64,8 +71,10 @@ class RobenchGroup(click.Group):
              complete_var: Optional[str] = None, standalone_mode: bool = True, **extra: Any) -> Any:
         with CtrlC():
             try:
-                return super().main(args=args, prog_name=prog_name or "robench", complete_var=complete_var,
-                                    standalone_mode=False, **extra)
+                result = super().main(args=args, prog_name=prog_name or "robench", complete_var=complete_var,
+                                      standalone_mode=False, **extra)
+                CtrlC.done = True
+                return result
             except click.exceptions.Exit as exc:
                 sys.exit(exc.exit_code)
             except Exception as exc:
@@ -107,6 +116,7 @@ def cli() -> None:
 
 def main() -> None:
     """The ``robench`` console script."""
+    CtrlC.last = True
     try:
         cli()
     except SystemExit as exc:

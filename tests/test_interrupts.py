@@ -278,3 +278,23 @@ def test_checkpoint_killed_mid_write_is_absent_and_its_debris_cleared(tmp_path):
     robench.checkpoints.atomic_torch_save({"weights": torch.ones(3)}, out)
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
     assert torch.equal(robench.checkpoints.read_checkpoint(out)["weights"], torch.ones(3))
+
+
+@pytest.mark.slow
+def test_ctrl_c_after_the_work_is_done_is_ignored(tmp_path):
+    """A Ctrl-C while the interpreter tears down after a finished `train` is not a signal death.
+
+    Regression: Python restored its own SIGINT handler after the command and the
+    process died with -2 and no message although its checkpoint was complete.
+    """
+    for i in range(3):
+        out = tmp_path / f"m{i}.pt"
+        proc = spawn(TRAIN + ["--out", str(out)], tmp_path)
+        while not out.exists() and proc.poll() is None:
+            time.sleep(0.002)
+        time.sleep(0.02 * i)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode in (0, 130), (proc.returncode, err)
+        check_ctrl_c(proc.returncode, err)
+        assert check_checkpoint(out)
