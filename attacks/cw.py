@@ -114,7 +114,7 @@ class CWL2(Attack):
         for step in range(1, self.steps + 1):
             w.requires_grad_(True)
             x_adv = (torch.tanh(w) + 1) / 2
-            logits = self.model(x_adv)
+            logits = self._forward(x_adv)
             l2 = (x_adv - xs).flatten(1).pow(2).sum(dim=1)
             true, other = true_and_best_other(logits, ys)
             loss = l2 + cs * (true - other + self.confidence).clamp_min(0.0)

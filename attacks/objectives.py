@@ -65,6 +65,12 @@ class Objective:
         """Extra settings to record next to the objective's name."""
         return {}
 
+    def won(self, logits: torch.Tensor, y: torch.Tensor,
+            features: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N,) bool: the attacker has reached this objective's goal (misclassified)."""
+        true, other = true_and_best_other(logits, y)
+        return other > true
+
 
 class CrossEntropy(Objective):
     name = "ce"
@@ -105,6 +111,11 @@ class Joint(Objective):
         true, other = true_and_best_other(logits, y)
         score = self.detector.score_from(features, logits)
         return (other - true).clamp(max=0.0) - self.detector_weight * F.relu(score - self.threshold)
+
+    def won(self, logits, y, features=None):
+        """Misclassified and under the detector's threshold."""
+        flagged = self.detector.score_from(features, logits) > self.threshold
+        return super().won(logits, y) & ~flagged
 
     def params(self) -> Dict[str, Any]:
         name = getattr(self.detector, "name", None) or type(self.detector).__name__

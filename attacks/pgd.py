@@ -52,16 +52,15 @@ class PGD(GradientAttack):
                            random_start=self.random_start, restarts=self.restarts)
 
     def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._best_of(self._attempt, x, y, self.restarts)
+
+    def _attempt(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # Ball and [0, 1] box intersect in one box, so projecting is one clamp.
         lower = (x - self.eps).clamp_(min=0.0)
         upper = (x + self.eps).clamp_(max=1.0)
-        return self._best_of(lambda x_, y_: self._attempt(x_, y_, lower, upper), x, y, self.restarts)
-
-    def _attempt(self, x: torch.Tensor, y: torch.Tensor, lower: torch.Tensor,
-                 upper: torch.Tensor) -> torch.Tensor:
         x_adv = x.clone()
         if self.random_start:
-            noise = torch.rand(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+            noise = self._draw("rand", x.shape, x)
             x_adv.add_(noise.mul_(2 * self.eps).sub_(self.eps))
             torch.clamp(x_adv, lower, upper, out=x_adv)
         for _ in range(self.steps):

@@ -62,9 +62,8 @@ class PGDL2(GradientAttack):
     def _attempt(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x_adv = x.clone()
         if self.random_start:
-            direction = torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
-            radius = torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=self.generator,
-                                device=x.device, dtype=x.dtype)
+            direction = self._draw("randn", x.shape, x)
+            radius = self._draw("rand", (len(x),) + (1,) * (x.dim() - 1), x)
             x_adv.add_(direction.mul_(radius * self.eps / _per_sample_norm(direction).clamp_min_(1e-12)))
             x_adv.clamp_(0.0, 1.0)
         for _ in range(self.steps):

@@ -97,6 +97,44 @@ def test_restarts_keep_the_best_per_sample(softmax_model, batch):
         assert torch.all(margin(softmax_model(three), y) >= margin(softmax_model(one), y) - 1e-5)
 
 
+@pytest.mark.parametrize("name", ["pgd", "pgd-l2", "fgsm", "mim", "bim"])
+def test_active_rows_get_the_result_of_a_full_call(name, softmax_model, batch):
+    """The cascade attacks a subset; each attacked row must equal its full-batch result,
+    random start included, and the other rows come back untouched."""
+    x, y = batch
+    eps = 1.0 if name == "pgd-l2" else 0.1
+    full = create_attack(name, softmax_model, eps=eps, seed=7)(x, y)
+    active = torch.arange(len(x)) % 3 == 1
+    part = create_attack(name, softmax_model, eps=eps, seed=7)(x, y, active=active)
+    assert torch.allclose(part[active], full[active], atol=1e-6)
+    assert torch.equal(part[~active], x[~active])
+    assert not torch.equal(part[active], x[active])
+
+
+def test_cascade_restarts_run_only_on_unbroken_rows(softmax_model, batch):
+    """Cascaded restarts cost fewer passes and break at least the rows plain restarts break."""
+    x, y = batch
+    plain = create_attack("pgd", softmax_model, eps=0.08, steps=3, restarts=4, seed=2)
+    cascade = create_attack("pgd", softmax_model, eps=0.08, steps=3, restarts=4, seed=2)
+    cascade.cascade = True
+    broken_plain = softmax_model.predict(plain(x, y)) != y
+    broken_cascade = softmax_model.predict(cascade(x, y)) != y
+    assert broken_plain.any() and (~broken_plain).any()  # the budget leaves work for restarts
+    assert bool((broken_cascade | ~broken_plain).all())  # never weaker, row by row
+    assert cascade.n_backward < plain.n_backward
+    # A row broken by the first attempt is never attacked again: the first restart runs
+    # exactly on the rows a single attempt (same seed, same draws) leaves unbroken.
+    single = create_attack("pgd", softmax_model, eps=0.08, steps=3, seed=2)
+    left = int((softmax_model.predict(single(x, y)) == y).sum())
+    assert 3 * len(x) + 3 * left <= cascade.n_backward <= 3 * len(x) + 9 * left
+
+
+def test_active_mask_must_be_a_bool_row_mask(softmax_model, batch):
+    x, y = batch
+    with pytest.raises(DataError, match="active"):
+        create_attack("fgsm", softmax_model, eps=0.1)(x, y, active=torch.ones(3, dtype=torch.bool))
+
+
 def test_seeded_and_global_rng_untouched(softmax_model, batch):
     x, y = batch
     state = torch.random.get_rng_state()
