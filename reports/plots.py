@@ -133,7 +133,8 @@ def versus_eps_plot(df: pd.DataFrame, metric: str, out: Path, name: str, ylabel:
         return None
     threats = threats_in(df)
     n_lines = df.groupby(["threat", "model", "attack", "detector"]).ngroups // len(threats)
-    fig = _figure(4.8 * len(threats) + 0.6, 4.2 + 0.12 * n_lines)
+    # One legend entry per line below each facet, one column: long attack labels never squeeze the axes.
+    fig = _figure(4.8 * len(threats) + 0.6, 4.4 + 0.19 * n_lines)
     axes = fig.subplots(1, len(threats), squeeze=False, sharey=True)[0]
     for ax, threat in zip(axes, threats):
         # gray- and black-box adversarials do not depend on the detector: one line serves all
@@ -142,7 +143,7 @@ def versus_eps_plot(df: pd.DataFrame, metric: str, out: Path, name: str, ylabel:
         ax.set_xlabel(f"eps ({_norms(df[df['threat'] == threat])}pixels in [0, 1])")
         ax.grid(alpha=0.3)
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     axes[0].set_ylabel(ylabel)
     fig.suptitle(f"{ylabel} vs eps")
     caption = "Mean over repeated cells; error bars: the 95% bootstrap interval from metrics.csv."
