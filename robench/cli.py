@@ -141,6 +141,15 @@ def _exit_interrupted() -> None:
     os._exit(130)
 
 
+def _batch_size(value: str):
+    from robench.batching import parse_batch_size
+
+    try:
+        return parse_batch_size(value)
+    except RobenchError as exc:
+        raise click.BadParameter(str(exc).replace("--batch-size must be", "must be")) from None
+
+
 # -- shared option bundles ---------------------------------------------------------
 
 def device_option(f):
@@ -264,17 +273,26 @@ def train(defense: str, dataset: str, arch: str, epochs: Optional[int], batch_si
 @click.option("--dataset", default=None, help="Dataset spec (default: the checkpoint's).")
 @click.option("--arch", default=None, help="Architecture, for official checkpoints it cannot infer.")
 @click.option("--n", type=int, default=500, show_default=True, help="Test points attacked.")
-@click.option("--batch-size", type=int, default=250, show_default=True)
+@click.option("--batch-size", default="250", show_default=True, callback=lambda c, p, v: _batch_size(v),
+              help="Points per attack batch, or auto: the largest that fits (GPU memory, or a CPU memory "
+                   "cap: ROBENCH_CPU_MEMORY_GB, default a quarter of the free memory).")
 @seed_option
 @device_option
 @quiet_option
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where cells run: this process, or Ray tasks.")
 @click.option("--ray-address", default=None, help="Address of an existing Ray cluster (default: start one).")
+@click.option("--cascade", is_flag=True,
+              help="Worst-case robust accuracy at a fraction of the passes: each further attack (and "
+                   "restart) runs only on the points still robust. Fewer adversarial examples for detection.")
+@click.option("--amp", type=click.Choice(["bf16"]), default=None,
+              help="Attack forward passes under bfloat16 autocast (evaluation stays fp32; the sanity "
+                   "report checks robust accuracy against fp32).")
+@click.option("--compile", "compile_", is_flag=True, help="Attack forward passes through torch.compile.")
 @click.option("--force", is_flag=True, help="Overwrite a run directory made with another configuration.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
 def attack(models, attacks, eps, threats, surrogate, detectors, dataset, arch, n, batch_size, seed, device,
-           executor, ray_address, quiet, force, out) -> None:
+           executor, ray_address, cascade, amp, compile_, quiet, force, out) -> None:
     """Attack checkpoints under a threat model and write a run directory."""
     from robench.commands import check_writable_dir, keep_only_finished
     from robench.runner import AttackConfig, run_attack
@@ -285,7 +303,7 @@ def attack(models, attacks, eps, threats, surrogate, detectors, dataset, arch, n
     cfg = AttackConfig(models=list(models), attacks=list(attacks), eps=list(eps), threats=list(threats),
                        surrogate=surrogate, detectors=list(detectors), dataset=dataset, arch=arch, n=n,
                        batch_size=batch_size, seed=seed, device=device, executor=executor,
-                       ray_address=ray_address)
+                       ray_address=ray_address, cascade=cascade, amp=amp, compile=compile_)
     with keep_only_finished(out):
         summary = run_attack(cfg, out, quiet=quiet, force=force)
     click.echo(summary)
@@ -297,20 +315,23 @@ def attack(models, attacks, eps, threats, surrogate, detectors, dataset, arch, n
 @click.argument("suite")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory (default: the suite's).")
 @click.option("--n", type=int, default=None, help="Override the suite's n.")
-@click.option("--batch-size", type=int, default=None, help="Override the suite's batch size.")
+@click.option("--batch-size", default=None, callback=lambda c, p, v: None if v is None else _batch_size(v),
+              help="Override the suite's batch size (an integer or auto).")
 @click.option("--seed", type=int, default=None, help="Override the suite's seed.")
 @click.option("--device", default=None, help="Override the suite's device.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default=None, help="Override the executor.")
 @click.option("--ray-address", default=None, help="Address of an existing Ray cluster.")
+@click.option("--cascade/--no-cascade", default=None, help="Override the suite's cascade.")
 @quiet_option
 @click.option("--force", is_flag=True, help="Overwrite a run directory made with another configuration.")
-def run_cmd(suite: str, out, n, batch_size, seed, device, executor, ray_address, quiet: bool, force: bool) -> None:
+def run_cmd(suite: str, out, n, batch_size, seed, device, executor, ray_address, cascade, quiet: bool,
+            force: bool) -> None:
     """Run the whole grid a SUITE.yaml describes (finished cells are reused)."""
     from robench.commands import check_writable_dir, keep_only_finished, suite_out
     from robench.suite import run_suite
 
     overrides = {"n": n, "batch_size": batch_size, "seed": seed, "device": device, "executor": executor,
-                 "ray_address": ray_address}
+                 "ray_address": ray_address, "cascade": cascade}
     out_dir = suite_out(suite, out)
     if out_dir:
         check_writable_dir(out_dir)

@@ -21,3 +21,18 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise UsageError(f"--device must be auto, cpu or cuda, got '{name}'")
+
+
+def prefer_channels_last(model: torch.nn.Module, force: bool = False) -> bool:
+    """Convolutional nets on CUDA: weights (and, in the attacks, inputs) in channels_last.
+
+    NHWC is the layout cuDNN's tensor-core kernels want; on CPU it is left off
+    unless ``force``. Returns whether the model now uses it (``model.channels_last``).
+    """
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    convolutional = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    if not convolutional or not (force or device.type == "cuda"):
+        return False
+    model.to(memory_format=torch.channels_last)
+    model.channels_last = True
+    return True

@@ -23,8 +23,14 @@ def accepts(name: str, argument: str) -> bool:
 
 
 def craft(cell, model, x: torch.Tensor, y: torch.Tensor, cfg, quiet: bool,
-          objective: Optional[str], detector=None) -> Tuple[torch.Tensor, int, str]:
-    """Run one attack over the test points in batches; returns (x_adv, passes, objective)."""
+          objective: Optional[str], detector=None,
+          active: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, int, str]:
+    """Run one attack over the test points in batches; returns (x_adv, passes, objective).
+
+    ``active`` (the cascade): a bool mask of the points to attack; the others come
+    back unchanged. The batches are those of a full run, so an attacked point gets
+    exactly the example it would get there.
+    """
     from robench.attacks import create_attack
     from robench.progress import progress_bar
 
@@ -35,18 +41,23 @@ def craft(cell, model, x: torch.Tensor, y: torch.Tensor, cfg, quiet: bool,
             kwargs.update(detector=detector, fpr=FLAG_FPR)
     if accepts(cell.attack, "seed"):
         kwargs.setdefault("seed", cell.seed)
-    key = _craft_key(cell, model, x, kwargs, detector)
+    how = (getattr(cfg, "amp", None), bool(getattr(cfg, "compile", False)), bool(getattr(cfg, "cascade", False)))
+    key = _craft_key(cell, model, x, kwargs, detector) + (_mask_key(active), how)
     hit = _CRAFTED.get(key)
     # The same attack already ran for another threat model of this cell; the entry holds
     # the model and inputs themselves, so a recycled id() can never match a stale entry.
     if hit is not None and hit[0] is model and hit[1] is x and hit[2] is detector:
         return hit[3]
     attack = create_attack(cell.attack, model, eps=cell.eps, **kwargs)
+    attack.cascade = bool(getattr(cfg, "cascade", False))
+    attack.amp = torch.bfloat16 if getattr(cfg, "amp", None) == "bf16" else None
+    attack.compile = bool(getattr(cfg, "compile", False))
     label = f"{cell.attack} eps={cell.eps:g} {cell.threat.value}" + (f" {objective}" if objective else "")
     bar = progress_bar(total=len(y), desc=label, unit="img", disable=quiet)
     chunks = []
-    for xb, yb in zip(x.split(cfg.batch_size), y.split(cfg.batch_size)):
-        chunks.append(attack(xb, yb).detach().cpu())
+    masks = active.split(cfg.batch_size) if active is not None else [None] * len(y.split(cfg.batch_size))
+    for xb, yb, mb in zip(x.split(cfg.batch_size), y.split(cfg.batch_size), masks):
+        chunks.append(attack(xb, yb, active=mb).detach().cpu())  # every batch: the streams stay aligned
         bar.update(len(yb))
     bar.close()
     passes = int(getattr(attack, "n_forward", 0)) + int(getattr(attack, "n_backward", 0))
@@ -56,6 +67,12 @@ def craft(cell, model, x: torch.Tensor, y: torch.Tensor, cfg, quiet: bool,
     while len(_CRAFTED) > _CRAFT_CACHE_SIZE:
         _CRAFTED.pop(next(iter(_CRAFTED)))
     return result
+
+
+def _mask_key(active: Optional[torch.Tensor]) -> Optional[str]:
+    if active is None:
+        return None
+    return hashlib.sha1(active.to(torch.uint8).cpu().numpy().tobytes()).hexdigest()
 
 
 _CRAFTED: Dict[tuple, tuple] = {}
@@ -73,17 +90,42 @@ def _craft_key(cell, model, x: torch.Tensor, kwargs: Dict[str, Any], detector) -
     return (id(model), id(x), len(x), cell.attack, cell.eps, plain, id(detector) if "detector" in kwargs else None)
 
 
-def white_box(cell, ctx, cfg, quiet: bool) -> Tuple[torch.Tensor, int, str, str]:
+AMP_TOLERANCE = 0.005  # robust accuracy under bf16 autocast within 0.5 points of fp32
+
+
+def amp_agreement(cell, ctx, cfg) -> Dict[str, Any]:
+    """Robust accuracy of one cell's attack crafted in fp32 and under ``cfg.amp``, on the same points.
+
+    A sanity row: bf16 gradients are coarser, and an attack weakened by them
+    would overstate robustness.
+    """
+    from dataclasses import replace
+
+    plain = replace(cfg, cascade=False)
+    accs = {}
+    for label, run_cfg in (("fp32", replace(plain, amp=None)), (cfg.amp, plain)):
+        x_adv, _, _ = craft(cell, ctx.model, ctx.x, ctx.y, run_cfg, True, objective=None)
+        accs[label] = float((ctx.model.predict(x_adv, cfg.batch_size) == ctx.y).float().mean())
+    diff = abs(accs[cfg.amp] - accs["fp32"])
+    return {"model": ctx.model.info.name, "check": f"{cfg.amp} autocast agrees with fp32",
+            "flagged": diff > AMP_TOLERANCE + 1e-12,
+            "evidence": f"{cell.attack} eps {cell.eps:g}: robust accuracy {cfg.amp} {accs[cfg.amp]:.3f} vs "
+                        f"fp32 {accs['fp32']:.3f} ({len(ctx.y)} points; tolerance {AMP_TOLERANCE:.3f})"}
+
+
+def white_box(cell, ctx, cfg, quiet: bool,
+              active: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, int, str, str]:
     """Per sample, the worst case for the defender over the adaptive objectives."""
     det_name = cell.detectors[0]
     detector = ctx.detectors.get(det_name)
     if not accepts(cell.attack, "objective"):
-        x_adv, passes, used = craft(cell, ctx.model, ctx.x, ctx.y, cfg, quiet, objective=None)
+        x_adv, passes, used = craft(cell, ctx.model, ctx.x, ctx.y, cfg, quiet, objective=None, active=active)
         return x_adv, passes, used, ""
     objectives = [o for o in white_box_objectives(ctx.model.is_gm) if o != "joint" or detector is not None]
     candidates, outcomes, scores, total = [], [], [], 0
     for obj in objectives:
-        x_adv, passes, _ = craft(cell, ctx.model, ctx.x, ctx.y, cfg, quiet, objective=obj, detector=detector)
+        x_adv, passes, _ = craft(cell, ctx.model, ctx.x, ctx.y, cfg, quiet, objective=obj, detector=detector,
+                                 active=active)
         total += passes
         pred = ctx.model.predict(x_adv, cfg.batch_size)
         score = detector.score(x_adv, batch_size=cfg.batch_size) if detector is not None else torch.zeros(len(pred))

@@ -50,6 +50,8 @@ class RobustModel(nn.Module):
         info: its metadata (normalisation, classes, defense, ...).
     """
 
+    channels_last = False  # set by robench.devices.prefer_channels_last
+
     def __init__(self, net: Arch, info: ModelInfo) -> None:
         super().__init__()
         self.net = net

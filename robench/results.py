@@ -60,7 +60,9 @@ def _metric_columns() -> List[str]:
 
 
 METRIC_COLUMNS: List[str] = _metric_columns()
-EXTRA_COLUMNS: List[str] = ["passes_per_sample", "objective_wins"]  # objective_wins: "ce:12;margin:30"
+# objective_wins: "ce:12;margin:30"; cascade_after: the attacks that ran before this one in a
+# --cascade run ("fgsm;pgd"), whose examples this cell's rows include (its robust_acc is the worst case so far)
+EXTRA_COLUMNS: List[str] = ["passes_per_sample", "objective_wins", "cascade_after"]
 RESULT_COLUMNS: List[str] = ID_COLUMNS + METRIC_COLUMNS + EXTRA_COLUMNS
 CELL_KEY: List[str] = ["model", "attack", "eps", "threat", "detector"]
 SAMPLE_COLUMNS: List[str] = [
@@ -72,7 +74,7 @@ SANITY_COLUMNS: List[str] = ["model", "check", "flagged", "evidence"]
 
 # Columns read back as text (never as numbers or NaN), whatever their values look like.
 TEXT_COLUMNS = {c for c in ID_COLUMNS if c not in ("eps", "seed")} | {
-    "objective_wins", "cell_id", "input_sha1", "check", "evidence"}
+    "objective_wins", "cascade_after", "cell_id", "input_sha1", "check", "evidence"}
 EXACT_FLOAT_COLUMNS = {"eps"}  # written as the shortest exact repr, so 8/255 survives a round trip
 _SIGNIFICANT = 10  # metrics: enough digits for k/n with n up to 1e9, and stable across machines
 _CELL_ID = re.compile(r"^[A-Za-z0-9_=+-][A-Za-z0-9._=+-]{0,199}$")

@@ -44,17 +44,24 @@ class AttackConfig:
     dataset: Optional[str] = None
     arch: Optional[str] = None
     n: int = 500
-    batch_size: int = 250
+    batch_size: Any = 250  # an int, or "auto" (see robench.batching), resolved before any cell
     seed: int = 0
     device: str = "auto"
     attack_eps: Dict[str, List[float]] = field(default_factory=dict)  # per-attack eps overrides
+    attack_threats: Dict[str, List[str]] = field(default_factory=dict)  # per-attack threat overrides
     sanity: bool = True
     executor: str = "local"  # or "ray"
     ray_address: Optional[str] = None
     threads: Optional[int] = None  # torch threads for every cell, wherever it runs (None: this process's)
+    cascade: bool = False  # each further attack (and restart) only on the points still robust
+    amp: Optional[str] = None  # "bf16": attack forward passes under bfloat16 autocast (evaluation stays fp32)
+    compile: bool = False  # attack forward passes through torch.compile
 
     def eps_for(self, spec: str) -> List[float]:
         return self.attack_eps.get(spec, self.eps)
+
+    def threats_for(self, spec: str) -> List[str]:
+        return self.attack_threats.get(spec, self.threats)
 
     def validate(self) -> None:
         from robench.registry import registry
@@ -65,11 +72,15 @@ class AttackConfig:
                 raise UsageError(f"--eps must be a number in [0, 1] (pixel space), got {e}")
         if self.n < 1:
             raise UsageError(f"--n must be >= 1, got {self.n}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        from robench.batching import parse_batch_size
+
+        parse_batch_size(self.batch_size)
+        if self.amp not in (None, "bf16"):
+            raise UsageError(f"--amp must be bf16 (or not given), got '{self.amp}'")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"threads must be >= 1, got {self.threads}")
-        threats = [ThreatModel.parse(t) for t in self.threats]
+        threats = [ThreatModel.parse(t) for t in [*self.threats, *(t for ts in self.attack_threats.values()
+                                                                     for t in ts)]]
         if ThreatModel.BLACK_BOX in threats and not self.surrogate:
             raise UsageError("--threat black-box needs --surrogate CKPT (the model the attacker crafts on)")
         for spec in self.attacks:
@@ -137,6 +148,9 @@ def _run_grid(cfg: AttackConfig, out: str, quiet: bool, force: bool) -> str:
     device = resolve_device(cfg.device)
     run = open_run(out, cfg, force, device)
     started = time.time()
+    if cfg.batch_size == "auto":
+        cfg = replace(cfg, batch_size=resolve_batch_size(cfg, device))
+        _note_manifest(run, batch_size=cfg.batch_size)
     surrogate = _load(cfg.surrogate, cfg.arch, device) if cfg.surrogate else None
     contexts, jobs, seeds, cached = {}, [], {}, 0
     for path in cfg.models:
@@ -146,7 +160,8 @@ def _run_grid(cfg: AttackConfig, out: str, quiet: bool, force: bool) -> str:
             _check_surrogate(surrogate, ctx)
         run.write_features(ctx.model.info.name, _features(ctx, cfg.batch_size), ctx.y, ctx.clean_pred, ctx.index)
         for cell in plan_cells(cfg, ctx):
-            seeds.update({i: cell.seed for i in cell.output_ids()})
+            for part in cell.cells if isinstance(cell, Chain) else [cell]:
+                seeds.update({i: part.seed for i in part.output_ids()})
             if all(run.has_cell(i) for i in cell.output_ids()):
                 cached += 1
             else:
@@ -156,20 +171,57 @@ def _run_grid(cfg: AttackConfig, out: str, quiet: bool, force: bool) -> str:
     executor = make_executor(cfg) if jobs else None
     for outputs, seconds in executor.run(jobs, contexts, surrogate, cfg, quiet) if executor else []:
         for cell_id, row, samples, adv_f, x_adv in outputs:
+            if cfg.cascade and run.has_cell(cell_id):  # a resumed chain recomputes its finished cells
+                continue
             run.write_cell(cell_id, row, samples, adv_f, x_adv, seconds=seconds)
         done += 1
     run.finalize()
     named = {c.model.info.name: (c.model, c.x, c.y) for c in contexts.values()}
-    sanity = write_sanity(run, named, cfg) if cfg.sanity else None
+    extra = amp_checks(cfg, contexts) if cfg.sanity and cfg.amp else []
+    sanity = write_sanity(run, named, cfg, extra) if cfg.sanity else None
     _finish_manifest(run, started, seeds, done, cached)
     return summary_table(run, done, cached, time.time() - started, sanity)
 
 
-def write_sanity(run, contexts, cfg: AttackConfig):
+def resolve_batch_size(cfg: AttackConfig, device) -> int:
+    """``auto``: the largest batch every model's attack step fits (the smallest over the models)."""
+    from robench.batching import auto_batch_size
+
+    sizes = []
+    for path in cfg.models + ([cfg.surrogate] if cfg.surrogate else []):
+        model = _load(path, cfg.arch, device)
+        sizes.append(auto_batch_size(model, model.info.input_shape, cfg.n))
+        del model
+    return min(sizes)
+
+
+def _note_manifest(run, **values: Any) -> None:
+    from robench.results import atomic_write_json
+
+    path = Path(run.path) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(values)
+    atomic_write_json(path, manifest)
+
+
+def amp_checks(cfg: AttackConfig, contexts: Dict[str, ModelContext]) -> List[Dict[str, Any]]:
+    """Per model, the first planned attack with eps > 0 crafted in fp32 and under ``cfg.amp``."""
+    from robench.evaluate import amp_agreement
+
+    rows = []
+    for ctx in contexts.values():
+        cells = [c for item in plan_cells(cfg, ctx) for c in (item.cells if isinstance(item, Chain) else [item])]
+        cells = [c for c in cells if c.eps > 0 and not c.attack.startswith(("ta:", "art:"))]
+        if cells:
+            rows.append(amp_agreement(cells[0], ctx, cfg))
+    return rows
+
+
+def write_sanity(run, contexts, cfg: AttackConfig, extra: Optional[List[Dict[str, Any]]] = None):
     from robench.results import atomic_write_csv
     from robench.sanity import sanity_report
 
-    report = sanity_report(run.results(), contexts, seed=cfg.seed, batch_size=cfg.batch_size)
+    report = sanity_report(run.results(), contexts, seed=cfg.seed, batch_size=cfg.batch_size, extra=extra)
     atomic_write_csv(Path(run.path) / "sanity.csv", report)
     return report
 
@@ -252,9 +304,16 @@ def open_run(out: str, cfg: AttackConfig, force: bool, device=None):
     atomic_write_json(Path(out) / "manifest.json", {
         "config": run_identity(cfg), "versions": collect_versions(), "git": git_hash(),
         "device": str(device or cfg.device), "executor": cfg.executor, "seeds": {"seed": cfg.seed},
+        "cascade": cfg.cascade,
+        "gpu_path": {"amp": cfg.amp, "compile": cfg.compile, "pinned_memory": _is_cuda(device),
+                     "channels_last": _is_cuda(device)},
         "determinism": determinism_settings(), "start_time": _now(), "end_time": None,
     })
     return run
+
+
+def _is_cuda(device) -> bool:
+    return device is not None and torch.device(device).type == "cuda"
 
 
 def determinism_settings() -> Dict[str, Any]:
@@ -306,11 +365,14 @@ def prune_cells(run, planned: set) -> None:
 
 def _load(path: str, arch: Optional[str], device):
     from robench.checkpoints import load_model
+    from robench.devices import prefer_channels_last
 
     # Building the architecture draws its (discarded) initial weights from the global RNG.
     cuda = [device] if device is not None and torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
-        return load_model(path, arch=arch, device=device)
+        model = load_model(path, arch=arch, device=device)
+    prefer_channels_last(model)  # on CUDA
+    return model
 
 
 def prepare_model(path: str, cfg: AttackConfig, device) -> ModelContext:
@@ -326,6 +388,8 @@ def prepare_model(path: str, cfg: AttackConfig, device) -> ModelContext:
                         train_half=model.info.split.get("train_half"))
     _check_compatible(model, data, path)
     x, y = data.split("test", cfg.n)
+    if model.device.type == "cuda":  # one asynchronous copy per batch (the test points stay on the host)
+        x = x.pin_memory()
     index = data.indices("test", cfg.n)
     clean_pred = model.predict(x, cfg.batch_size)
     detectors = fit_detectors(model, data, cfg)
@@ -376,6 +440,25 @@ def _features(ctx: ModelContext, batch_size: int) -> torch.Tensor:
 # -- cells ---------------------------------------------------------------------------
 
 @dataclass
+class Chain:
+    """``--cascade``: the cells of one (eps, threat, detectors), run in attack order.
+
+    Each attack runs only on the points the earlier ones left robust; a point
+    already won keeps the example that won it. So the last cell's robust
+    accuracy is the worst case over all attacks, at a fraction of the passes.
+    """
+
+    cells: List["Cell"]
+
+    @property
+    def cell_id(self) -> str:
+        return self.cells[0].cell_id
+
+    def output_ids(self) -> List[str]:
+        return [i for cell in self.cells for i in cell.output_ids()]
+
+
+@dataclass
 class Cell:
     """One attack run; under white-box one per detector, otherwise shared by all detectors."""
 
@@ -386,6 +469,7 @@ class Cell:
     threat: ThreatModel
     detectors: List[str]
     seed: int
+    after: List[str] = field(default_factory=list)  # --cascade: the attacks run before this one
 
     def output_ids(self) -> List[str]:
         """The ids of the cells this attack run writes (one per detector)."""
@@ -394,29 +478,42 @@ class Cell:
         return [f"{self.cell_id}-{d}" for d in self.detectors]
 
 
-def plan_cells(cfg: AttackConfig, ctx: ModelContext) -> List[Cell]:
+def plan_cells(cfg: AttackConfig, ctx: ModelContext) -> List[Any]:
+    """The grid's cells in order; with ``cfg.cascade``, grouped into :class:`Chain` s."""
     from robench import __version__
     from robench.specs import parse_spec
 
-    cells = []
+    cells, chains = [], {}
     index_digest = _points_digest(ctx)
     surrogate_sha = _sha(cfg.surrogate) if cfg.surrogate else None
     for spec in cfg.attacks:
         name, kwargs = parse_spec(spec)
         for eps in cfg.eps_for(spec):
-            for threat in (ThreatModel.parse(t) for t in cfg.threats):
+            for threat in (ThreatModel.parse(t) for t in cfg.threats_for(spec)):
                 groups = [[d] for d in ctx.detectors] if threat == ThreatModel.WHITE_BOX else [list(ctx.detectors)]
                 for dets in groups:
-                    key = json.dumps({"model": ctx.sha256, "attack": name, "kwargs": kwargs, "eps": eps,
-                                      "threat": threat.value, "detectors": dets, "index": index_digest,
-                                      "dataset": ctx.dataset, "arch": cfg.arch, "batch_size": cfg.batch_size,
-                                      "device": ctx.model.device.type, "seed": cfg.seed,
-                                      "surrogate": surrogate_sha, "version": __version__},
-                                     sort_keys=True, default=str)
-                    digest = hashlib.sha256(key.encode()).hexdigest()
-                    cells.append(Cell(digest[:16], name, kwargs, eps, threat, dets,
-                                      attack_seed(ctx, name, kwargs, eps, index_digest, cfg.seed)))
-    return cells
+                    chain = chains.setdefault((eps, threat, tuple(dets)), []) if cfg.cascade else []
+                    after = [c.attack + _spec_suffix(c.kwargs) for c in chain]
+                    key = {"model": ctx.sha256, "attack": name, "kwargs": kwargs, "eps": eps,
+                           "threat": threat.value, "detectors": dets, "index": index_digest,
+                           "dataset": ctx.dataset, "arch": cfg.arch, "batch_size": cfg.batch_size,
+                           "device": ctx.model.device.type, "seed": cfg.seed,
+                           "surrogate": surrogate_sha, "version": __version__}
+                    if cfg.amp or cfg.compile:
+                        key.update(amp=cfg.amp, compile=cfg.compile)
+                    if cfg.cascade:
+                        key["cascade_after"] = after
+                    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+                    cell = Cell(digest[:16], name, kwargs, eps, threat, dets,
+                                attack_seed(ctx, name, kwargs, eps, index_digest, cfg.seed), after)
+                    chain.append(cell)
+                    if not cfg.cascade:
+                        cells.append(cell)
+    return [Chain(c) for c in chains.values()] if cfg.cascade else cells
+
+
+def _spec_suffix(kwargs: Dict[str, Any]) -> str:
+    return (":" + ",".join(f"{k}={kwargs[k]}" for k in sorted(kwargs))) if kwargs else ""
 
 
 def attack_seed(ctx: ModelContext, name: str, kwargs: Dict[str, Any], eps: float, index_digest: str,
@@ -443,29 +540,61 @@ def _sha(path: str) -> str:
     return file_sha256(path)
 
 
-def run_cell(cell: Cell, ctx: ModelContext, surrogate, cfg: AttackConfig, quiet: bool):
-    """Craft and evaluate one cell; yields (cell_id, row, samples, adv_features, x_adv) per detector."""
+def run_cell(cell, ctx: ModelContext, surrogate, cfg: AttackConfig, quiet: bool):
+    """Craft and evaluate one cell (or a cascade's chain); returns [(cell_id, row, samples,
+    adv_features, x_adv)], one per detector (and per cell of a chain)."""
     with torch_threads(cfg.threads):
+        if isinstance(cell, Chain):
+            return _run_chain(cell, ctx, surrogate, cfg, quiet)
         return _run_cell(cell, ctx, surrogate, cfg, quiet)
 
 
-def _run_cell(cell: Cell, ctx: ModelContext, surrogate, cfg: AttackConfig, quiet: bool):
+def _run_cell(cell: Cell, ctx: ModelContext, surrogate, cfg: AttackConfig, quiet: bool,
+              active: Optional[torch.Tensor] = None, x_before: Optional[torch.Tensor] = None):
     from robench.evaluate import craft, evaluate_cell, white_box
 
     if cell.threat == ThreatModel.WHITE_BOX:
-        det_name = cell.detectors[0]
-        x_adv, passes, objective, wins = white_box(cell, ctx, cfg, quiet)
+        x_adv, passes, objective, wins = white_box(cell, ctx, cfg, quiet, active=active)
     else:
         source = surrogate if cell.threat == ThreatModel.BLACK_BOX else ctx.model
-        x_adv, passes, objective = craft(cell, source, ctx.x, ctx.y, cfg, quiet, objective=None)
+        x_adv, passes, objective = craft(cell, source, ctx.x, ctx.y, cfg, quiet, objective=None, active=active)
         wins = ""
+    if x_before is not None:  # the cascade: points not attacked keep the example that won them
+        x_adv = torch.where(active.view(-1, *[1] * (x_adv.dim() - 1)), x_adv, x_before)
     results = []
     for det_name, sub_id in zip(cell.detectors, cell.output_ids()):
         row, samples, adv_f = evaluate_cell(cell, ctx, det_name, x_adv, cfg)
         row.update({"objective": objective, "passes_per_sample": round(passes / len(ctx.y), 2),
-                    "objective_wins": wins})
+                    "objective_wins": wins, "cascade_after": ";".join(cell.after)})
         samples.insert(0, "cell_id", sub_id)
         results.append((sub_id, row, samples, adv_f, x_adv))
+    return results
+
+
+def _run_chain(chain: Chain, ctx: ModelContext, surrogate, cfg: AttackConfig, quiet: bool):
+    """The attacks of a chain in order, each on the points still robust after the ones before.
+
+    A chain is recomputed whole when any of its cells is missing (they depend on
+    each other); the driver does not rewrite the cells already on disk, which
+    come out identical anyway since every attack's draws are seeded and row-aligned.
+    """
+    from robench.evaluate import FLAG_FPR
+
+    won = ctx.clean_pred != ctx.y  # misclassified when clean: nothing to attack
+    x_before: Optional[torch.Tensor] = None
+    results = []
+    for cell in chain.cells:
+        active = ~won
+        outputs = _run_cell(cell, ctx, surrogate, cfg, quiet, active=active,
+                            x_before=x_before if x_before is not None else ctx.x)
+        x_before = outputs[0][4]
+        samples = outputs[0][2]
+        success = torch.tensor(samples["success"].to_numpy(dtype=bool, copy=True))
+        if cell.threat == ThreatModel.WHITE_BOX:  # the white-box attacker wins unflagged
+            flagged = samples[f"flagged_fpr{round(FLAG_FPR * 100)}"].to_numpy(dtype=bool, copy=True)
+            success &= ~torch.tensor(flagged)
+        won = won | success
+        results += outputs
     return results
 
 

@@ -173,10 +173,14 @@ def strongest_attacks(results: pd.DataFrame, model: str) -> Dict[str, Tuple[floa
 
 
 def sanity_report(results: pd.DataFrame, contexts: Dict[str, object], seed: int = 0,
-                  batch_size: int = 256) -> pd.DataFrame:
-    """All checks for every model of a run; ``contexts`` maps model name -> (model, x, y)."""
+                  batch_size: int = 256, extra: Optional[List[Dict[str, object]]] = None) -> pd.DataFrame:
+    """All checks for every model of a run; ``contexts`` maps model name -> (model, x, y).
+
+    ``extra``: rows of checks the runner made itself (bf16 autocast against fp32).
+    """
     rows = check_results(results) if len(results) else []
     for name, (model, x, y) in sorted(contexts.items()):
         rows += check_model(model, x, y, strongest_attacks(results, name), seed, batch_size)
+        rows += [r for r in extra or [] if r["model"] == name]
     report = pd.DataFrame(rows, columns=["model", "check", "flagged", "evidence"])
     return report.sort_values("model", kind="stable").reset_index(drop=True)  # each model's checks together

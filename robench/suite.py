@@ -10,16 +10,19 @@ Example::
     attacks:
       - fgsm
       - {name: pgd, steps: 10}
-      - {name: cw-l2, binary_search_steps: 4, eps: [0]}   # its own eps list
+      - {name: cw-l2, binary_search_steps: 4, eps: [0], threats: [gray-box]}   # its own eps, threats
     eps: [0.1, 0.2, 0.3]
     threats: [gray-box, white-box]
     detectors: [auto]
     n: 200
-    batch_size: 200
+    batch_size: 200            # or auto: the largest batch that fits (GPU memory, or a CPU memory cap)
     seed: 0
     device: auto
     executor: local            # or ray (with ray_address: ADDR for a cluster)
     threads: 4                 # torch threads per cell (default: this process's count)
+    cascade: false             # true: each further attack only on the points still robust
+    # amp: bf16                # attack forward passes under bfloat16 autocast (sanity checks it)
+    compile: false             # true: attack forward passes through torch.compile
 
 Validation happens before any work: every problem (unknown keys at any depth,
 wrong types, unknown names, missing files, impossible combinations) is
@@ -43,13 +46,15 @@ from robench.errors import RobenchError, UsageError
 
 TOP_KEYS = {
     "dataset": str, "models": list, "surrogate": (dict, str), "attacks": list, "eps": (list, float, int),
-    "threats": (list, str), "detectors": (list, str), "n": int, "batch_size": int, "seed": int,
+    "threats": (list, str), "detectors": (list, str), "n": int, "batch_size": (int, str), "seed": int,
     "device": str, "executor": str, "ray_address": str, "threads": int, "out": str, "sanity": bool,
+    "cascade": bool, "amp": str, "compile": bool,
 }
 MODEL_KEYS = {"name": str, "path": str, "arch": str, "train": dict}
 TRAIN_KEYS = {"defense": str, "arch": str, "epochs": int, "seed": int, "batch_size": int, "lr": (float, int),
               "feature_dim": int, "train_half": str, "params": dict}
-SCALARS = ("n", "batch_size", "seed", "device", "executor", "ray_address", "threads", "out", "sanity")
+SCALARS = ("n", "batch_size", "seed", "device", "executor", "ray_address", "threads", "out", "sanity", "cascade", "amp",
+           "compile")
 EXECUTORS = ("local", "ray")
 PATH_DATASETS = ("mnist", "cifar10", "npz")  # name:PATH specs whose PATH must exist
 
@@ -78,7 +83,7 @@ class Suite:
     surrogate: Optional[ModelSpec] = None
     detectors: List[str] = field(default_factory=lambda: ["auto"])
     n: int = 500
-    batch_size: int = 250
+    batch_size: Any = 250  # or "auto"
     seed: int = 0
     device: str = "auto"
     executor: str = "local"
@@ -86,6 +91,10 @@ class Suite:
     threads: Optional[int] = None
     out: Optional[str] = None
     sanity: bool = True
+    attack_threats: Dict[str, List[str]] = field(default_factory=dict)  # per-attack threat overrides
+    cascade: bool = False
+    amp: Optional[str] = None
+    compile: bool = False
 
 
 class Problems:
@@ -171,7 +180,8 @@ def parse_suite(data: Dict[str, Any], lines: Dict[Path_, int], source: str, over
     suite.models = [model_spec(m, ("models", i), problems) for i, m in enumerate(_list(data, "models"))]
     if data.get("surrogate"):
         suite.surrogate = model_spec(data["surrogate"], ("surrogate",), problems)
-    suite.attacks = [attack_spec(a, ("attacks", i), problems) for i, a in enumerate(_list(data, "attacks"))]
+    suite.attacks = [attack_spec(a, ("attacks", i), problems, suite.attack_threats)
+                     for i, a in enumerate(_list(data, "attacks"))]
     suite.eps = [check_eps(e, ("eps", i), problems) for i, e in enumerate(_as_list(data.get("eps")))]
     check_grid(suite, problems)
     problems.raise_if_any(source)
@@ -295,8 +305,12 @@ def check_train(train: Dict[str, Any], where: Path_, label: str, problems: Probl
 
 # -- attacks and eps --------------------------------------------------------------------
 
-def attack_spec(entry: Any, where: Path_, problems: Problems) -> Tuple[str, Optional[List[float]]]:
-    """An attack entry: ``name[:key=value,...]`` or ``{name: ..., eps: [...], <attack arguments>}``."""
+def attack_spec(entry: Any, where: Path_, problems: Problems,
+                threats: Optional[Dict[str, List[str]]] = None) -> Tuple[str, Optional[List[float]]]:
+    """An attack entry: ``name[:key=value,...]`` or ``{name: ..., eps: [...], threats: [...], <arguments>}``.
+
+    Returns (spec, eps override); a ``threats`` override goes into ``threats[spec]``.
+    """
     from robench.specs import format_spec, parse_spec
 
     if isinstance(entry, str):
@@ -310,7 +324,7 @@ def attack_spec(entry: Any, where: Path_, problems: Problems) -> Tuple[str, Opti
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         problems.add(where, "each attack must be a name or a mapping with 'name'")
         return "?", None
-    kwargs = {k: v for k, v in entry.items() if k not in ("name", "eps")}
+    kwargs = {k: v for k, v in entry.items() if k not in ("name", "eps", "threats")}
     if not all(isinstance(k, str) for k in kwargs):
         problems.add(where, f"attack {entry['name']}: argument names must be strings")
         return "?", None
@@ -322,7 +336,20 @@ def attack_spec(entry: Any, where: Path_, problems: Problems) -> Tuple[str, Opti
     eps = None
     if "eps" in entry:
         eps = [check_eps(e, where + ("eps", i), problems) for i, e in enumerate(_as_list(entry["eps"]))]
-    return format_spec(entry["name"], kwargs), eps
+    spec = format_spec(entry["name"], kwargs)
+    if "threats" in entry and threats is not None:
+        from robench.threats import ThreatModel
+
+        own = [str(t) for t in _as_list(entry["threats"])]
+        for i, t in enumerate(own):
+            try:
+                ThreatModel.parse(t)
+            except RobenchError as exc:
+                problems.add(where + ("threats", i), str(exc))
+        if not own:
+            problems.add(where + ("threats",), f"attack {entry['name']}: threats must not be empty")
+        threats[spec] = own
+    return spec, eps
 
 
 def check_attack(name: str, kwargs: Dict[str, Any], where: Path_, arg_where: Dict[str, Path_],
@@ -393,16 +420,18 @@ def check_grid(suite: Suite, problems: Problems) -> None:
             ThreatModel.parse(t)
         except RobenchError as exc:
             problems.add(("threats", i), str(exc))
-    if "black-box" in suite.threats and suite.surrogate is None:
+    if any("black-box" in ts for ts in [suite.threats, *suite.attack_threats.values()]) and suite.surrogate is None:
         problems.add(("threats",), "threat black-box needs a 'surrogate' (the model the attacker crafts on)")
     for i, d in enumerate(suite.detectors):
         if d not in ("auto", "none"):
             _known("detectors", d, ("detectors", i), problems)
     if suite.dataset is not None:
         check_dataset(suite.dataset, problems)
-    for key in ("n", "batch_size", "threads"):
+    for key in ("n", "threads"):
         if getattr(suite, key) is not None and getattr(suite, key) < 1:
             problems.add((key,), f"{key} must be an integer >= 1, got {getattr(suite, key)}")
+    if suite.batch_size != "auto" and (isinstance(suite.batch_size, str) or suite.batch_size < 1):
+        problems.add(("batch_size",), f"batch_size must be an integer >= 1 or auto, got {suite.batch_size!r}")
     archs = {m.arch for m in suite.models if m.path and m.arch}
     if len(archs) > 1:
         problems.add(("models",), f"checkpoints given by path take one arch per suite, "
@@ -412,6 +441,8 @@ def check_grid(suite: Suite, problems: Problems) -> None:
     except RobenchError as exc:
         problems.add(("device",), str(exc).replace("--device ", "device "))
     check_executor(suite, problems)
+    if suite.amp is not None and suite.amp != "bf16":
+        problems.add(("amp",), f"amp must be bf16 (or absent), got '{suite.amp}'")
     _check_unique(suite, problems)
 
 
@@ -494,8 +525,9 @@ def attack_config(suite: Suite, out: Path):
                         dataset=suite.dataset, arch=archs.pop() if len(archs) == 1 else None, n=suite.n,
                         batch_size=suite.batch_size, seed=suite.seed, device=suite.device,
                         attack_eps={a: e for a, e in suite.attacks if e is not None},
+                        attack_threats=dict(suite.attack_threats),
                         sanity=suite.sanity, executor=suite.executor, ray_address=suite.ray_address,
-                        threads=suite.threads)
+                        threads=suite.threads, cascade=suite.cascade, amp=suite.amp, compile=suite.compile)
 
 
 def run_suite(path: str, out: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None,

@@ -341,7 +341,7 @@ BAD = [
     ("attack-eps-above-1", "cli", attack(replace={"--eps": "1.5"}), 2, ["--eps", "got 1.5"], None),
     ("attack-eps-nan", "sub", attack(replace={"--eps": "nan"}), 2, ["--eps", "got nan"], None),
     ("attack-steps-0", "cli", attack(replace={"--attack": "pgd:steps=0"}), 2, ["steps must be an integer >= 1"], None),
-    ("attack-batch-size-0", "cli", attack(replace={"--batch-size": "0"}), 2, ["--batch-size must be >= 1"], None),
+    ("attack-batch-size-0", "cli", attack(replace={"--batch-size": "0"}), 2, ["--batch-size", "must be an integer >= 1 or auto, got 0"], None),
     ("attack-n-0", "cli", attack(replace={"--n": "0"}), 2, ["--n must be >= 1"], None),
     ("attack-eps-not-a-number", "cli", attack(replace={"--eps": "big"}), 2, ["'big' is not a valid float"], None),
     # attack: data

@@ -58,7 +58,7 @@ GRID = [_row(eps=e, threat=t, detector=d) for e in (0.3, 8 / 255) for t in ("whi
 
 def test_column_lists():
     assert ID_COLUMNS[:3] == ["model", "defense", "dataset"] and ID_COLUMNS[-1] == "seed"
-    assert RESULT_COLUMNS == ID_COLUMNS + METRIC_COLUMNS + ["passes_per_sample", "objective_wins"]
+    assert RESULT_COLUMNS == ID_COLUMNS + METRIC_COLUMNS + ["passes_per_sample", "objective_wins", "cascade_after"]
     assert len(set(RESULT_COLUMNS)) == len(RESULT_COLUMNS)
     assert SAMPLE_COLUMNS[0] == "cell_id" and "input_sha1" in SAMPLE_COLUMNS
     try:

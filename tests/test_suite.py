@@ -135,6 +135,14 @@ def test_problems_come_in_file_order(tmp_path):
     ("models:\n  - {name: mine, path: suite.yaml}\nattacks: [fgsm]\neps: [0.1]\n",
      "line 2: models[0].name: a checkpoint given by path is named by its file stem ('suite')"),
     ("models: [{train: {defense: gm}}]\nattacks: [fgsm]\neps: [0.1]\n", "--n: n must be an integer >= 1, got 0"),
+    ("models: [{train: {defense: gm}}]\nattacks:\n  - {name: pgd, threats: [grey-box]}\neps: [0.1]\n",
+     "line 3: unknown threat model 'grey-box'"),
+    ("models: [{train: {defense: gm}}]\nattacks:\n  - {name: pgd, threats: [black-box]}\neps: [0.1]\n",
+     "threat black-box needs a 'surrogate'"),
+    ("models: [{train: {defense: gm}}]\nattacks: [fgsm]\neps: [0.1]\nbatch_size: lots\n",
+     "line 4: batch_size must be an integer >= 1 or auto, got 'lots'"),
+    ("models: [{train: {defense: gm}}]\nattacks: [fgsm]\neps: [0.1]\namp: fp16\n",
+     "line 4: amp must be bf16 (or absent), got 'fp16'"),
 ])
 def test_single_problems(tmp_path, monkeypatch, text, needle):
     monkeypatch.chdir(tmp_path)
@@ -149,7 +157,8 @@ def test_single_problems(tmp_path, monkeypatch, text, needle):
 def test_shipped_suites_validate(monkeypatch, tmp_path):
     demo = load_suite(str(SUITES / "mnist5k.yaml"))
     assert [m.name for m in demo.models] == ["softmax", "gm"] and demo.surrogate.name == "surrogate"
-    assert dict(demo.attacks)["cw-l2:binary_search_steps=3,steps=20"] == [0.0]
+    assert dict(demo.attacks)["cw-l2:binary_search_steps=3,steps=15"] == [0.0]
+    assert demo.attack_threats == {"cw-l2:binary_search_steps=3,steps=15": ["gray-box"]}
     # The CIFAR-10 suite is valid once its dataset folder exists (nothing is read before the run).
     (tmp_path / "data" / "cifar10").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)

@@ -1,0 +1,94 @@
+"""``--cascade``: each further attack runs only on the points still robust (AutoAttack's cascade).
+
+Same worst-case robust accuracy as the full grid at a fraction of the passes;
+off by default and written into the manifest; a killed chain resumes to the
+same files.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from robench.runner import AttackConfig, run_attack
+
+ATTACKS = ["fgsm", "bim:steps=5", "pgd:steps=5,restarts=2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from robench.checkpoints import save_checkpoint
+    from robench.training import TrainConfig, train
+
+    cfg = TrainConfig(defense="softmax", dataset="digits", epochs=2, feature_dim=8, seed=0, device="cpu")
+    return str(save_checkpoint(train(cfg, quiet=True), tmp_path_factory.mktemp("ckpt") / "weak.pt"))
+
+
+def grid(ckpt, **extra):
+    return AttackConfig(models=[ckpt], attacks=ATTACKS, eps=[0.1, 0.2], threats=["gray-box"],
+                        detectors=["max-softmax"], n=80, batch_size=32, device="cpu", sanity=False, **extra)
+
+
+@pytest.fixture(scope="module")
+def runs(ckpt, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    run_attack(grid(ckpt), str(root / "full"), quiet=True)
+    run_attack(grid(ckpt, cascade=True), str(root / "cascade"), quiet=True)
+    return root / "full", root / "cascade"
+
+
+def worst_case(samples: pd.DataFrame) -> pd.Series:
+    """Per eps: points correct when clean and never misclassified by any attack."""
+    robust = (samples["clean_pred"] == samples["label"]) & (samples["adv_pred"] == samples["label"])
+    return robust.groupby([samples["eps"], samples["index"]]).all().groupby(level=0).mean()
+
+
+def test_cascade_reaches_the_full_grids_worst_case_with_half_the_passes(runs):
+    full, cascade = (pd.read_csv(r / "results.csv") for r in runs)
+    full_worst = worst_case(pd.read_csv(runs[0] / "samples.csv"))
+    last = cascade[cascade["attack"] == "pgd"].set_index("eps")["robust_acc"]
+    assert (full_worst < 0.5).all()  # the regime the cascade is for
+    # Per eps, the cascade's last cell is the worst case over all three attacks; its
+    # restarts keep the example that won a point, so it is never weaker.
+    assert (last <= full_worst + 1e-12).all(), (last, full_worst)
+    assert (full_worst - last <= 1 / 80 + 1e-12).all(), (last, full_worst)
+    ratio = cascade["passes_per_sample"].sum() / full["passes_per_sample"].sum()
+    assert ratio <= 0.5, ratio
+    # The cascade's rows accumulate: robust accuracy never rises along the chain.
+    for _, rows in cascade.groupby("eps"):
+        accs = rows.set_index("attack").loc[["fgsm", "bim", "pgd"], "robust_acc"].to_numpy()
+        assert (accs[1:] <= accs[:-1] + 1e-12).all(), accs
+    assert set(cascade["cascade_after"].fillna("")) == {"", "fgsm", "fgsm;bim:steps=5"}
+    assert full["cascade_after"].isna().all()
+
+
+def test_cascade_is_off_by_default_and_in_the_manifest(runs):
+    full, cascade = (json.loads((r / "manifest.json").read_text()) for r in runs)
+    assert full["cascade"] is False and full["config"]["cascade"] is False
+    assert cascade["cascade"] is True and cascade["config"]["cascade"] is True
+
+
+def test_a_chain_missing_a_cell_resumes_to_the_same_files(ckpt, runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "resumed"
+    shutil.copytree(runs[1], run)
+    last = pd.read_csv(run / "results.csv")
+    cell = pd.read_csv(run / "samples.csv").query("attack == 'pgd' and eps == 0.2")["cell_id"].iloc[0]
+    shutil.rmtree(run / "cells" / cell)
+    summary = run_attack(grid(ckpt, cascade=True), str(run), quiet=True)
+    assert "1 cells run, 1 cached" in summary  # the one chain with a missing cell
+    assert (run / "results.csv").read_bytes() == (runs[1] / "results.csv").read_bytes()
+    assert (run / "samples.csv").read_bytes() == (runs[1] / "samples.csv").read_bytes()
+    assert len(last) == 6
