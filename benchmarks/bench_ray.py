@@ -33,6 +33,10 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label)
+
+
 def main() -> None:
     import ray
 
@@ -64,7 +68,7 @@ def main() -> None:
     times = {label: [] for label, _, _ in plans}
     for repeat in range(args.repeats):
         for label, executor, workers in plans:
-            times[label].append(timed(label.replace(", ", "-").replace(" ", ""), executor, workers, repeat))
+            times[label].append(timed(_slug(label), executor, workers, repeat))
 
     print("# robench Ray executor benchmark")
     print(f"torch {torch.__version__}, ray {ray.__version__}, {os.cpu_count()} CPUs, {platform.machine()}, "
@@ -76,8 +80,8 @@ def main() -> None:
     for label, _, _ in plans:
         runs = " ".join(f"{t:.1f}" for t in times[label])
         print(f"{label:<18} {min(times[label]):>14.1f} {runs:>20} {base / min(times[label]):>17.2f}x")
-    reference = (root / "local1thread-0" / "results.csv").read_bytes()
-    same = all((root / f"{label.replace(', ', '-').replace(' ', '')}-{r}" / "results.csv").read_bytes() == reference
+    reference = (root / f"{_slug(plans[0][0])}-0" / "results.csv").read_bytes()
+    same = all((root / f"{_slug(label)}-{r}" / "results.csv").read_bytes() == reference
                for label, _, _ in plans for r in range(args.repeats))
     print(f"\nresults.csv byte-identical across all {len(plans) * args.repeats} runs: {same}")
 
