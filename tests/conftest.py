@@ -9,6 +9,20 @@ from robench.data import load_dataset
 from robench.training import TrainConfig, train
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``).
+
+    The models here are tiny: on a shared 2-core machine a second intra-op
+    thread only oversubscribes the cores (measured 10x slower under load), and
+    Ray workers run 1-CPU tasks with one thread, so results compare like with like.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's 8x8 digits with robench's default splits."""

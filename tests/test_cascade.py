@@ -11,19 +11,13 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
 from robench.runner import AttackConfig, run_attack
 
 ATTACKS = ["fgsm", "bim:steps=5", "pgd:steps=5,restarts=2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,7 @@ import torch
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread here, as in the Ray workers (Ray sets OMP_NUM_THREADS=1 for 1-CPU tasks)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

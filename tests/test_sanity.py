@@ -16,13 +16,7 @@ from robench.sanity import check_results, sanity_report
 ROW = {"model": "m", "attack_params": "", "detector": "none", "n": 100}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared, busy machine more threads are much slower for these tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 class QuantizedSmallCNN(SmallCNN):
