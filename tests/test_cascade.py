@@ -86,3 +86,24 @@ def test_a_chain_missing_a_cell_resumes_to_the_same_files(ckpt, runs, tmp_path):
     assert (run / "results.csv").read_bytes() == (runs[1] / "results.csv").read_bytes()
     assert (run / "samples.csv").read_bytes() == (runs[1] / "samples.csv").read_bytes()
     assert len(last) == 6
+
+
+def test_cascade_under_every_threat_model(ckpt, tmp_path):
+    """White-box chains judge a point won when it is misclassified AND unflagged; black-box
+    chains transfer only to points the target still classifies correctly."""
+    cfg = AttackConfig(models=[ckpt], attacks=["fgsm", "pgd:steps=4"], eps=[0.15], n=40, batch_size=20,
+                       threats=["gray-box", "white-box", "black-box"], surrogate=ckpt,
+                       detectors=["max-softmax"], device="cpu", sanity=False, cascade=True)
+    run_attack(cfg, str(tmp_path / "run"), quiet=True)
+    results = pd.read_csv(tmp_path / "run" / "results.csv")
+    samples = pd.read_csv(tmp_path / "run" / "samples.csv")
+    assert len(results) == 6
+    for threat, rows in results.groupby("threat"):
+        first, last = (rows[rows["attack"] == a].iloc[0] for a in ("fgsm", "pgd"))
+        assert last["robust_acc"] <= first["robust_acc"] + 1e-12, threat
+        assert last["cascade_after"] == "fgsm"
+        # A point the first attack won is not attacked again: its example is carried over.
+        won = samples[(samples["threat"] == threat) & (samples["attack"] == "fgsm")].set_index("index")
+        kept = samples[(samples["threat"] == threat) & (samples["attack"] == "pgd")].set_index("index")
+        done = won["success"] & (~won["flagged_fpr5"] if threat == "white-box" else True)
+        assert (kept.loc[done[done].index, "adv_pred"] == won.loc[done[done].index, "adv_pred"]).all(), threat
