@@ -549,18 +549,26 @@ def run_cell(cell, ctx: ModelContext, surrogate, cfg: AttackConfig, quiet: bool)
         return _run_cell(cell, ctx, surrogate, cfg, quiet)
 
 
-def _run_cell(cell: Cell, ctx: ModelContext, surrogate, cfg: AttackConfig, quiet: bool,
-              active: Optional[torch.Tensor] = None, x_before: Optional[torch.Tensor] = None):
-    from robench.evaluate import craft, evaluate_cell, white_box
+def _run_cell(cell: Cell, ctx: ModelContext, surrogate, cfg: AttackConfig, quiet: bool):
+    return _evaluate(cell, ctx, cfg, *_craft_cell(cell, ctx, surrogate, cfg, quiet))
+
+
+def _craft_cell(cell: Cell, ctx: ModelContext, surrogate, cfg: AttackConfig, quiet: bool,
+                active: Optional[torch.Tensor] = None):
+    """(x_adv, passes, objective, objective_wins) of the cell's threat model."""
+    from robench.evaluate import craft, white_box
 
     if cell.threat == ThreatModel.WHITE_BOX:
-        x_adv, passes, objective, wins = white_box(cell, ctx, cfg, quiet, active=active)
-    else:
-        source = surrogate if cell.threat == ThreatModel.BLACK_BOX else ctx.model
-        x_adv, passes, objective = craft(cell, source, ctx.x, ctx.y, cfg, quiet, objective=None, active=active)
-        wins = ""
-    if x_before is not None:  # the cascade: points not attacked keep the example that won them
-        x_adv = torch.where(active.view(-1, *[1] * (x_adv.dim() - 1)), x_adv, x_before)
+        return white_box(cell, ctx, cfg, quiet, active=active)
+    source = surrogate if cell.threat == ThreatModel.BLACK_BOX else ctx.model
+    x_adv, passes, objective = craft(cell, source, ctx.x, ctx.y, cfg, quiet, objective=None, active=active)
+    return x_adv, passes, objective, ""
+
+
+def _evaluate(cell: Cell, ctx: ModelContext, cfg: AttackConfig, x_adv: torch.Tensor, passes: int,
+              objective: str, wins: str):
+    from robench.evaluate import evaluate_cell
+
     results = []
     for det_name, sub_id in zip(cell.detectors, cell.output_ids()):
         row, samples, adv_f = evaluate_cell(cell, ctx, det_name, x_adv, cfg)
@@ -571,30 +579,43 @@ def _run_cell(cell: Cell, ctx: ModelContext, surrogate, cfg: AttackConfig, quiet
     return results
 
 
-def _run_chain(chain: Chain, ctx: ModelContext, surrogate, cfg: AttackConfig, quiet: bool):
-    """The attacks of a chain in order, each on the points still robust after the ones before.
+def attacker_rank(cell: Cell, ctx: ModelContext, x: torch.Tensor, cfg: AttackConfig) -> torch.Tensor:
+    """Per point, from the attacker's view: 2 won (misclassified; and, under white-box, not
+    flagged by the cell's detector at the threshold the attacker evades), 1 misclassified
+    but flagged, 0 still correct."""
+    from robench.evaluate import FLAG_FPR
+    from robench.threats import defender_outcome
 
+    pred = ctx.model.predict(x, cfg.batch_size)
+    flagged = torch.zeros(len(pred), dtype=torch.bool)
+    detector = ctx.detectors.get(cell.detectors[0]) if cell.threat == ThreatModel.WHITE_BOX else None
+    if detector is not None:
+        flagged = detector.flag(detector.score(x, batch_size=cfg.batch_size), FLAG_FPR).cpu()
+    return defender_outcome(pred == ctx.y, flagged)
+
+
+def _run_chain(chain: Chain, ctx: ModelContext, surrogate, cfg: AttackConfig, quiet: bool):
+    """The attacks of a chain in order, each on the points the ones before have not won.
+
+    An attacked point takes the new example unless the one it had is worse for
+    the defender (the per-point worst case, as in white-box); a won point keeps
+    the example that won it. So robust accuracy never rises along the chain.
     A chain is recomputed whole when any of its cells is missing (they depend on
     each other); the driver does not rewrite the cells already on disk, which
     come out identical anyway since every attack's draws are seeded and row-aligned.
     """
-    from robench.evaluate import FLAG_FPR
-
     won = ctx.clean_pred != ctx.y  # misclassified when clean: nothing to attack
-    x_before: Optional[torch.Tensor] = None
+    x_best, rank = ctx.x, torch.zeros(len(ctx.y), dtype=torch.long)
     results = []
     for cell in chain.cells:
         active = ~won
-        outputs = _run_cell(cell, ctx, surrogate, cfg, quiet, active=active,
-                            x_before=x_before if x_before is not None else ctx.x)
-        x_before = outputs[0][4]
-        samples = outputs[0][2]
-        success = torch.tensor(samples["success"].to_numpy(dtype=bool, copy=True))
-        if cell.threat == ThreatModel.WHITE_BOX:  # the white-box attacker wins unflagged
-            flagged = samples[f"flagged_fpr{round(FLAG_FPR * 100)}"].to_numpy(dtype=bool, copy=True)
-            success &= ~torch.tensor(flagged)
-        won = won | success
-        results += outputs
+        x_new, passes, objective, wins = _craft_cell(cell, ctx, surrogate, cfg, quiet, active=active)
+        new_rank = attacker_rank(cell, ctx, x_new, cfg)
+        take = active & (new_rank >= rank)
+        x_best = torch.where(take.view(-1, *[1] * (x_new.dim() - 1)), x_new, x_best)
+        rank = torch.where(take, new_rank, rank)
+        won = won | (rank == 2)
+        results += _evaluate(cell, ctx, cfg, x_best, passes, objective, wins)
     return results
 
 

@@ -30,14 +30,15 @@ def ckpt(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_ray_gives_the_same_files_as_local(ckpt, local_ray, tmp_path):
+@pytest.mark.parametrize("cascade", [False, True])
+def test_ray_gives_the_same_files_as_local(ckpt, local_ray, tmp_path, cascade):
     from robench.runner import AttackConfig, run_attack
 
     grid = dict(models=[ckpt], attacks=["fgsm", "pgd:steps=3"], eps=[0.1, 0.2], detectors=["max-softmax"],
-                threats=["gray-box", "white-box"], n=20, batch_size=10, device="cpu")
+                threats=["gray-box", "white-box"], n=20, batch_size=10, device="cpu", cascade=cascade)
     run_attack(AttackConfig(**grid, executor="local"), str(tmp_path / "local"), quiet=True)
     summary = run_attack(AttackConfig(**grid, executor="ray"), str(tmp_path / "ray"), quiet=True)
-    assert "8 cells run, 0 cached" in summary
+    assert ("4 cells run" if cascade else "8 cells run") + ", 0 cached" in summary  # a chain is one task
     for name in ("results.csv", "samples.csv", "sanity.csv"):
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
     assert ray.is_initialized()  # a Ray the caller started is left running
