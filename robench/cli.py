@@ -273,7 +273,8 @@ def train(defense: str, dataset: str, arch: str, epochs: Optional[int], batch_si
 @click.option("--dataset", default=None, help="Dataset spec (default: the checkpoint's).")
 @click.option("--arch", default=None, help="Architecture, for official checkpoints it cannot infer.")
 @click.option("--n", type=int, default=500, show_default=True, help="Test points attacked.")
-@click.option("--batch-size", default="250", show_default=True, callback=lambda c, p, v: _batch_size(v),
+@click.option("--batch-size", default="250", show_default=True, metavar="N|auto",
+              callback=lambda c, p, v: _batch_size(v),
               help="Points per attack batch, or auto: the largest that fits (GPU memory, or a CPU memory "
                    "cap: ROBENCH_CPU_MEMORY_GB, default a quarter of the free memory).")
 @seed_option
@@ -315,7 +316,8 @@ def attack(models, attacks, eps, threats, surrogate, detectors, dataset, arch, n
 @click.argument("suite")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory (default: the suite's).")
 @click.option("--n", type=int, default=None, help="Override the suite's n.")
-@click.option("--batch-size", default=None, callback=lambda c, p, v: None if v is None else _batch_size(v),
+@click.option("--batch-size", default=None, metavar="N|auto",
+              callback=lambda c, p, v: None if v is None else _batch_size(v),
               help="Override the suite's batch size (an integer or auto).")
 @click.option("--seed", type=int, default=None, help="Override the suite's seed.")
 @click.option("--device", default=None, help="Override the suite's device.")
