@@ -54,10 +54,15 @@ class I2FR(AdversarialDefense):
 
         intra = d(f', f) + d(f', c_y)                       # stay with your clean self and your class
         inter = mean_{k != y} max(0, margin - d(f', c_k))   # keep away from other classes
-        R(x') = intra_weight * intra + inter_weight * inter
+        R(x') = ramp * (intra_weight * intra + inter_weight * inter)
         x'    = argmax_{||x' - x||_inf <= eps} CE(x', y) + R(x')        # R used in generation ...
         loss  = CE(x', y) + R(x') + clean_weight * CE(x, y)              # ... and in training
 
+    ``ramp`` rises linearly from 0 to 1 over the first ``ramp_epochs``: at the
+    start the classes' features are not yet apart, and a full-weight pull
+    towards one's class centre then wins over the inter-class hinge and
+    collapses every class onto one direction (measured on mnist5k without the
+    ramp: 21% clean accuracy after 6 quick epochs, where pgd-at reached 95%).
     Unit-length features keep the margin meaningful whatever scale the
     cross-entropy drives the features to; the centres stand in for "samples
     of the same class" and are a buffer of a module from :meth:`setup` (not
@@ -69,6 +74,7 @@ class I2FR(AdversarialDefense):
         intra_weight: 1.0.  inter_weight: 1.0.
         margin: on ``d`` (0 to 4; 1.0 means cosine below 0.5), 1.0.
         momentum: of the class centres, 0.9.
+        ramp_epochs: epochs over which R's weight rises from 0 to 1, 2.
         clean_weight: weight of the clean cross-entropy, 0.
     """
 
@@ -76,7 +82,7 @@ class I2FR(AdversarialDefense):
     head = "linear"
     defaults: ClassVar[Dict[str, Any]] = {**AdversarialDefense.defaults, "intra_weight": 1.0,
                                           "inter_weight": 1.0, "margin": 1.0, "momentum": 0.9,
-                                          "clean_weight": 0.0}
+                                          "ramp_epochs": 2.0, "clean_weight": 0.0}
 
     def validate(self) -> None:
         super().validate()
@@ -84,6 +90,7 @@ class I2FR(AdversarialDefense):
             self.require(key, lambda v: v >= 0, ">= 0")
         self.require("margin", lambda v: 0 <= v <= 4, "in [0, 4]")
         self.require("momentum", lambda v: 0 <= v < 1, "in [0, 1)")
+        self.require("ramp_epochs", lambda v: v >= 0, ">= 0")
 
     def setup(self, model: nn.Module, num_classes: int, input_shape: Tuple[int, ...]) -> List[nn.Module]:
         self.centres = ClassCentres(num_classes, model.info.feature_dim, self.params["momentum"])
@@ -101,19 +108,22 @@ class I2FR(AdversarialDefense):
                 "intra": (to_clean + to_centres[own]).mean(),
                 "inter": (hinge.sum(1) / others.sum(1).clamp_min(1)).mean()}
 
-    def total(self, terms: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def total(self, terms: Dict[str, torch.Tensor], ramp: float = 1.0) -> torch.Tensor:
         p = self.params
-        return terms["adv_ce"] + p["intra_weight"] * terms["intra"] + p["inter_weight"] * terms["inter"]
+        return terms["adv_ce"] + ramp * (p["intra_weight"] * terms["intra"] + p["inter_weight"] * terms["inter"])
 
     def loss(self, model, x: torch.Tensor, y: torch.Tensor,
              progress: float) -> Tuple[torch.Tensor, Dict[str, float]]:
+        ramp_epochs = self.params["ramp_epochs"]
+        ramp = min(1.0, progress / ramp_epochs) if ramp_epochs > 0 else 1.0
         f, logits_clean = model.features_and_logits(x)
         self.centres.update(F.normalize(f.detach(), dim=1), y)
         f_ref = f.detach()
-        x_adv = self.perturb(model, x, lambda xa: self.total(self.terms(*model.features_and_logits(xa), f_ref, y)))
+        x_adv = self.perturb(model, x, lambda xa: self.total(self.terms(*model.features_and_logits(xa), f_ref, y),
+                                                             ramp))
         f_adv, logits = model.features_and_logits(x_adv)
         terms = self.terms(f_adv, logits, f, y)
-        loss = self.total(terms)
+        loss = self.total(terms, ramp)
         logs = {k: v.item() for k, v in terms.items()}
         logs["adv_acc"] = (logits.argmax(1) == y).float().mean().item()
         if self.params["clean_weight"] > 0:

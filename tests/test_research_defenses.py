@@ -79,11 +79,23 @@ def test_unknown_or_bad_parameters_are_usage_errors(name):
 
 
 @pytest.mark.parametrize("name, key, value", [("pgd-at", "eps", -0.1), ("pgd-at", "steps", 2.5),
-                                              ("i2fr", "margin", 5.0), ("ddar", "field_size", 1),
+                                              ("i2fr", "margin", 5.0), ("i2fr", "ramp_epochs", -1),
+                                              ("ddar", "field_size", 1),
                                               ("maxsep", "per_class", 0), ("pgd-at", "eps", "big")])
 def test_out_of_range_values_are_usage_errors(name, key, value):
     with pytest.raises(UsageError, match=key):
         robench.create_defense(name, dataset="digits", **{key: value})
+
+
+def test_i2fr_regulariser_ramps_in():
+    """Full-weight pull to the class centres from the first step collapsed mnist5k to 21%:
+    R's weight rises from 0 over ramp_epochs, in generation and in the loss alike."""
+    i2fr = robench.create_defense("i2fr", dataset="digits")
+    terms = {"adv_ce": torch.tensor(0.5), "intra": torch.tensor(2.0), "inter": torch.tensor(0.25)}
+    assert float(i2fr.total(terms, 0.0)) == pytest.approx(0.5)
+    assert float(i2fr.total(terms, 0.5)) == pytest.approx(0.5 + 0.5 * (2.0 + 0.25))
+    assert float(i2fr.total(terms)) == pytest.approx(0.5 + 2.0 + 0.25)
+    assert i2fr.params["ramp_epochs"] == 2.0
 
 
 def test_quick_preset_fills_only_what_the_user_left_out():
