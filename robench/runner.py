@@ -196,6 +196,7 @@ def resolve_batch_size(cfg: AttackConfig, device) -> int:
 
 
 def _note_manifest(run, **values: Any) -> None:
+    """Add ``values`` to the run's manifest.json (read, update, atomic write)."""
     from robench.results import atomic_write_json
 
     path = Path(run.path) / "manifest.json"
@@ -622,15 +623,9 @@ def _run_chain(chain: Chain, ctx: ModelContext, surrogate, cfg: AttackConfig, qu
 # -- finishing ------------------------------------------------------------------------
 
 def _finish_manifest(run, started: float, seeds: Dict[str, int], done: int, cached: int) -> None:
-    from robench.results import atomic_write_json
-
-    path = Path(run.path) / "manifest.json"
-    manifest = json.loads(path.read_text())
-    manifest["end_time"] = _now()
-    manifest["wall_seconds"] = round(time.time() - started, 1)
-    manifest["cells"] = {"run": done, "cached": cached}
-    manifest["cell_seeds"] = dict(sorted(seeds.items()))  # what each cell's attack generator was seeded with
-    atomic_write_json(path, manifest)
+    _note_manifest(run, end_time=_now(), wall_seconds=round(time.time() - started, 1),
+                   cells={"run": done, "cached": cached},
+                   cell_seeds=dict(sorted(seeds.items())))  # what each cell's attack generator was seeded with
 
 
 def _now() -> str:
