@@ -205,7 +205,7 @@ def default_cell(run: ReportRun, model: str) -> Optional[str]:
     rows = rows.sort_values(["_eps", "_threat", "_success", "attack", "detector"], kind="mergesort")
     for _, row in rows.iterrows():
         cell_id = run.cell_of(row)
-        if cell_id and (run.run.cell_dir(cell_id) / "adv_features.npy").is_file():
+        if cell_id and run.run.has_adv_features(cell_id):
             return cell_id
     return None
 

@@ -28,8 +28,7 @@ class ReportRun:
     @property
     def samples(self) -> pd.DataFrame:
         if self._samples is None:
-            path = self.run.path / "samples.csv"
-            self._samples = self.run.samples() if path.is_file() else pd.DataFrame()
+            self._samples = self.run.samples() if self.run.has_samples() else pd.DataFrame()
         return self._samples
 
     @property

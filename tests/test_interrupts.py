@@ -7,6 +7,8 @@ one line and keeps what was finished.
 
 from __future__ import annotations
 
+import json
+
 import errno
 import os
 import random
@@ -99,7 +101,9 @@ def check_cells(run: Path) -> List[str]:
     ids = sorted(p.name for p in cells.iterdir() if not p.name.startswith(".")) if cells.is_dir() else []
     for cell in ids:
         files = {p.name for p in (cells / cell).iterdir()}
-        assert {"row.json", "samples.csv", "adv_features.npy"} <= files, (cell, files)
+        assert {"row.json", "arrays.json"} <= files and files & {"samples.parquet", "samples.csv"}, (cell, files)
+        refs = json.loads((cells / cell / "arrays.json").read_text())
+        assert (run / "arrays" / f"{refs['adv_features']}.npy").is_file(), (cell, refs)
     return ids
 
 

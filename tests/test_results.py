@@ -17,6 +17,9 @@ from robench.results import (
     ID_COLUMNS, METRIC_COLUMNS, RESULT_COLUMNS, SAMPLE_COLUMNS, RunDir, atomic_write_bytes,
     atomic_write_csv, atomic_write_json, atomic_write_text, make_cell_id, read_run, write_results,
 )
+from robench.schema import parquet_available  # noqa: E402
+
+SAMPLES = "samples.parquet" if parquet_available() else "samples.csv"  # the run's per-sample records
 
 
 def _row(model="gm", attack="pgd", eps=0.3, threat="gray-box", detector="gm-likelihood", **metrics):
@@ -96,7 +99,9 @@ def test_a_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
     def fail(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(results.os, "replace", fail)
+    import robench.io
+
+    monkeypatch.setattr(robench.io.os, "replace", fail)
     with pytest.raises(OSError):
         atomic_write_text(target, "new")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["f.txt"]
@@ -107,7 +112,7 @@ def test_a_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
 def test_identical_inputs_give_byte_identical_results(tmp_path):
     a = _make_run(tmp_path / "a", GRID)
     b = _make_run(tmp_path / "b", GRID[::-1], manifest={"config": {"command": "attack"}, "start": "later"})
-    for name in ("results.csv", "samples.csv", "timings.csv"):
+    for name in ("results.csv", SAMPLES, "timings.csv"):
         assert (a.path / name).read_bytes() == (b.path / name).read_bytes(), name
     df = write_results(pd.DataFrame(GRID[::-1]), tmp_path / "c.csv")
     assert df.read_bytes() == (a.path / "results.csv").read_bytes()
@@ -209,8 +214,10 @@ def test_versions_and_git_hash_never_fail(monkeypatch):
     def broken(*args, **kwargs):
         raise FileNotFoundError("git")
 
-    monkeypatch.setattr(results.subprocess, "run", broken)
-    monkeypatch.setattr(results.metadata, "version", broken)
+    import robench.provenance as provenance
+
+    monkeypatch.setattr(provenance.subprocess, "run", broken)
+    monkeypatch.setattr(provenance.metadata, "version", broken)
     assert results.git_hash() == "unknown"
     assert results.collect_versions()["torchattacks"] == "unknown"
     assert os.environ.get("PATH") is not None

@@ -1,0 +1,481 @@
+"""RunDir: the one owner of a run directory (layout in :mod:`robench.schema`).
+
+It opens a run (refusing a folder that is not one, or one bound to another
+configuration), holds an OS-level lock while a process writes it (so a second
+``robench attack`` on the same ``--out`` refuses at once, and a killed process
+never leaves a stale lock), removes what a killed run left half-written, prunes
+cells the configuration no longer plans, writes each cell whole (staged, then
+renamed), stores every adversarial array once however many cells share it, and
+merges the cells into the top-level tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import numpy as np
+import pandas as pd
+
+from robench.errors import RobenchError, UsageError
+from robench.io import (
+    atomic_write_bytes, atomic_write_csv, atomic_write_json, current_umask, fsync_dir, npy_bytes, order_columns,
+    sort_rows, to_jsonable, to_numpy,
+)
+from robench.schema import (
+    CELL_KEY, EXACT_FLOAT_COLUMNS, ID_COLUMNS, RESULT_COLUMNS, SAMPLE_COLUMNS, TIMING_COLUMNS, check_cell_id,
+    parquet_available, read_csv, read_table, safe_name,
+)
+
+OUTPUTS = ("results.csv", "samples.parquet", "samples.csv", "timings.csv", "sanity.csv")
+LOCK = ".lock"
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Clean test features of one model, aligned row by row."""
+
+    f: np.ndarray  # (N, D) float32
+    y: np.ndarray  # (N,) labels
+    pred: np.ndarray  # (N,) clean predictions
+    index: np.ndarray  # (N,) indices into the dataset
+
+
+class RunDir:
+    """Reader and writer of one run directory.
+
+    Args:
+        path: the run directory (:meth:`open` to write one, :func:`read_run` to read a finished one).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._lock_fd: Optional[int] = None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- opening ----------------------------------------------------------------------
+    @staticmethod
+    def check(path: str | os.PathLike, identity: Mapping[str, Any], force: bool = False) -> bool:
+        """Refuse ``path`` unless it is new, a run of ``identity``, or (with ``force``) any run.
+
+        Touches nothing, so a suite can call it before training. Returns whether
+        ``path`` holds a run of another configuration (allowed only with ``force``).
+        """
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"--out {path}: exists and is not a folder")
+        if path.is_dir() and any(path.iterdir()) and not RunDir.looks_like_run(path):
+            raise UsageError(f"--out {path}: folder exists, is not empty and is not a robench run directory; "
+                             f"choose another --out")
+        manifest = path / "manifest.json"
+        if not manifest.is_file():
+            return False
+        try:
+            old = json.loads(manifest.read_text(encoding="utf-8")).get("config")
+        except (OSError, ValueError, AttributeError):
+            old = None
+        if old == identity:
+            return False
+        if not force:
+            raise UsageError(f"--out {path}: this run directory was made with a different configuration "
+                             f"({_config_diff(old, dict(identity))}); use --force to replace it (finished cells "
+                             f"that still match are kept), or choose another --out")
+        return True
+
+    @staticmethod
+    def looks_like_run(path: Path) -> bool:
+        return (path / "manifest.json").is_file() or (path / "cells").is_dir()
+
+    @staticmethod
+    def is_run(path: str | os.PathLike) -> bool:
+        """Whether ``path`` is a finished run directory (manifest.json and results.csv)."""
+        path = Path(path)
+        return (path / "manifest.json").is_file() and (path / "results.csv").is_file()
+
+    @classmethod
+    def create(cls, path: str | os.PathLike) -> "RunDir":
+        """Make ``path`` a run directory (an existing run is reopened), without locking it."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RobenchError(f"--out {path}: exists and is not a folder")
+        if path.is_dir() and any(path.iterdir()) and not cls.looks_like_run(path):
+            raise RobenchError(f"--out {path}: folder exists, is not empty and is not a robench run "
+                               f"directory; choose another --out")
+        (path / "cells").mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, command: str = "robench") -> "RunDir":
+        """Create or reopen ``path`` for writing: take its lock, then remove a killed run's leftovers.
+
+        Raises:
+            UsageError: another live process holds the lock (the message names it).
+        """
+        run = cls.create(path)
+        run._lock(command)
+        run._remove_leftovers()
+        return run
+
+    def _lock(self, command: str) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no OS lock to take
+            return
+        path = self.path / LOCK
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
+                os.close(fd)
+                raise UsageError(f"--out {self.path}: another robench process ({holder}) is writing this run "
+                                 f"directory; wait for it to finish, or choose another --out") from None
+            try:  # the holder before us may have removed the file after we opened it: lock the one in place
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, {command}, since {time.strftime('%H:%M:%S')}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the lock and remove its file (the OS releases the lock when a process dies, too)."""
+        if self._lock_fd is not None:
+            (self.path / LOCK).unlink(missing_ok=True)  # while still holding it: see _lock
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files and staged cells of a killed run."""
+        for folder in (self.path, self.path / "cells", self.path / "features", self.path / "arrays",
+                       self.path / "checkpoints"):
+            for item in folder.glob(".*") if folder.is_dir() else []:
+                if item.is_dir() and folder.name == "cells":
+                    shutil.rmtree(item, ignore_errors=True)
+                elif item.is_file() and item.name.endswith(".tmp"):
+                    item.unlink(missing_ok=True)
+
+    def start(self, manifest: Mapping[str, Any], replacing: bool = False) -> None:
+        """Write the manifest of a (re)started run; ``replacing`` another configuration drops its outputs."""
+        if replacing:
+            for name in OUTPUTS:
+                (self.path / name).unlink(missing_ok=True)
+            shutil.rmtree(self.path / "features", ignore_errors=True)
+        self.write_manifest(manifest)
+
+    def prune(self, planned: set) -> None:
+        """Remove finished cells not in ``planned`` (stale keys), so results.csv has only this run's."""
+        for cell_id in self.cell_ids():
+            if cell_id not in planned:
+                trash = self.cell_dir(cell_id).with_name(f".stale-{cell_id}")
+                os.replace(self.cell_dir(cell_id), trash)  # out of sight at once, even if killed mid-removal
+                shutil.rmtree(trash, ignore_errors=True)
+
+    def clear(self) -> None:
+        """Remove everything a run wrote here."""
+        for name in ("manifest.json", *OUTPUTS):
+            (self.path / name).unlink(missing_ok=True)
+        for name in ("cells", "features", "arrays"):
+            shutil.rmtree(self.path / name, ignore_errors=True)
+        (self.path / "cells").mkdir(parents=True, exist_ok=True)
+
+    # -- manifest -----------------------------------------------------------------------
+    def manifest(self) -> Dict[str, Any]:
+        try:
+            return json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise RobenchError(f"{self.path}/manifest.json: cannot read it ({exc})") from None
+
+    def write_manifest(self, manifest: Mapping[str, Any]) -> Path:
+        return atomic_write_json(self.path / "manifest.json", manifest)
+
+    def update_manifest(self, **fields: Any) -> Path:
+        """Add ``fields`` to manifest.json (one read, update, atomic write)."""
+        current = self.manifest() if (self.path / "manifest.json").is_file() else {}
+        return self.write_manifest({**current, **fields})
+
+    # -- top-level tables -----------------------------------------------------------------
+    def results(self) -> pd.DataFrame:
+        """results.csv: one row per cell (and worst-case rows), RESULT_COLUMNS first."""
+        return self._csv("results.csv")
+
+    def samples(self, cell_id: Optional[str] = None) -> pd.DataFrame:
+        """All cells' per-sample records, or one cell's (Parquet or CSV, whichever the run wrote)."""
+        folder = self.path if cell_id is None else self.cell_dir(cell_id)
+        return read_table(folder / "samples")
+
+    def has_samples(self) -> bool:
+        return any((self.path / f"samples.{ext}").is_file() for ext in ("parquet", "csv"))
+
+    def timings(self) -> pd.DataFrame:
+        return self._csv("timings.csv")
+
+    def sanity(self) -> Optional[pd.DataFrame]:
+        """sanity.csv (model, check, flagged, evidence) when a sanity pass wrote one, else None."""
+        return self._csv("sanity.csv") if (self.path / "sanity.csv").is_file() else None
+
+    def write_sanity(self, report: pd.DataFrame) -> Path:
+        return atomic_write_csv(self.path / "sanity.csv", report)
+
+    def _csv(self, name: str) -> pd.DataFrame:
+        path = self.path / name
+        if not path.is_file():
+            raise RobenchError(f"{path}: no such file (was the run finished?)")
+        try:
+            return read_csv(path)
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise RobenchError(f"{path}: not a readable CSV ({exc})") from None
+
+    # -- features ----------------------------------------------------------------------
+    def write_features(self, model: str, f: Any, y: Any, pred: Any, index: Any) -> Path:
+        """Clean test features of ``model``: f (N, D) float32, y, pred and index (N,)."""
+        arrays = {"f": to_numpy(f, np.float32), "y": to_numpy(y, np.int64),
+                  "pred": to_numpy(pred, np.int64), "index": to_numpy(index, np.int64)}
+        n = len(arrays["f"])
+        if arrays["f"].ndim != 2 or any(len(a) != n or a.ndim != 1 for k, a in arrays.items() if k != "f"):
+            raise ValueError(f"features of {model}: need f (N, D) and y, pred, index (N,); got "
+                             f"{ {k: a.shape for k, a in arrays.items()} }")
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return atomic_write_bytes(self.path / "features" / f"{safe_name(model)}.npz", buf.getvalue())
+
+    def feature_models(self) -> List[str]:
+        return sorted(p.stem for p in (self.path / "features").glob("*.npz"))
+
+    def features(self, model: str) -> FeatureSet:
+        path = self.path / "features" / f"{safe_name(model)}.npz"
+        if not path.is_file():
+            raise RobenchError(f"{path}: no features for model '{model}'")
+        with np.load(path, allow_pickle=False) as npz:
+            return FeatureSet(f=npz["f"], y=npz["y"], pred=npz["pred"], index=npz["index"])
+
+    # -- cells -------------------------------------------------------------------------------
+    def cell_dir(self, cell_id: str) -> Path:
+        return self.path / "cells" / check_cell_id(cell_id)
+
+    def has_cell(self, cell_id: str) -> bool:
+        return (self.cell_dir(cell_id) / "row.json").is_file()
+
+    def cell_ids(self) -> List[str]:
+        cells = self.path / "cells"
+        if not cells.is_dir():
+            return []
+        return sorted(p.name for p in cells.iterdir() if not p.name.startswith(".")
+                      and (p / "row.json").is_file())
+
+    def cell_row(self, cell_id: str) -> Dict[str, Any]:
+        return json.loads((self.cell_dir(cell_id) / "row.json").read_text(encoding="utf-8"))
+
+    def cells(self) -> pd.DataFrame:
+        """cell_id and the id columns of every finished cell (joins results rows to cell folders)."""
+        rows = [{"cell_id": c, **{k: self.cell_row(c).get(k) for k in ID_COLUMNS}} for c in self.cell_ids()]
+        return pd.DataFrame(rows, columns=["cell_id", *ID_COLUMNS])
+
+    def has_adv_features(self, cell_id: str) -> bool:
+        return self._array_path(cell_id, "adv_features") is not None
+
+    def adv_features(self, cell_id: str) -> np.ndarray:
+        """(N, D) features of the cell's adversarial examples, aligned with its samples rows."""
+        path = self._array_path(cell_id, "adv_features")
+        if path is None:
+            raise RobenchError(f"cell {cell_id}: no adversarial features stored")
+        return np.load(path, allow_pickle=False)
+
+    def x_adv(self, cell_id: str) -> Optional[np.ndarray]:
+        """The cell's adversarial examples, or None when the run did not store them (--no-save-adv)."""
+        path = self._array_path(cell_id, "x_adv")
+        return None if path is None else np.load(path, allow_pickle=False)
+
+    def _array_path(self, cell_id: str, name: str) -> Optional[Path]:
+        folder = self.cell_dir(cell_id)
+        refs = folder / "arrays.json"
+        if refs.is_file():
+            digest = json.loads(refs.read_text(encoding="utf-8")).get(name)
+            return self.path / "arrays" / f"{digest}.npy" if digest else None
+        old = folder / f"{name}.npy"  # runs written before arrays/ existed
+        return old if old.is_file() else None
+
+    def store_array(self, array: Any) -> str:
+        """Store ``array`` once under arrays/ by its content; returns its digest."""
+        data = npy_bytes(to_numpy(array, np.float32))
+        digest = hashlib.sha256(data).hexdigest()[:32]
+        path = self.path / "arrays" / f"{digest}.npy"
+        if not path.is_file():
+            atomic_write_bytes(path, data)
+        return digest
+
+    def write_cell(self, cell_id: str, row: Mapping[str, Any], samples: pd.DataFrame,
+                   adv_features: Any, x_adv: Any = None, seconds: Optional[float] = None) -> Path:
+        """Write one cell whole: staged in a hidden folder, then renamed into ``cells/<cell_id>``.
+
+        Args:
+            cell_id: the cell's folder name.
+            row: its results row (id columns required; missing metrics are left blank).
+            samples: one row per attacked point (SAMPLE_COLUMNS; key columns filled from ``row``).
+            adv_features: (N, D) features of the adversarial examples, in the order of ``samples``.
+            x_adv: the adversarial examples (N, C, H, W), or None to skip storing them.
+            seconds: wall-clock time of the cell, for timings.csv.
+        """
+        final = self.cell_dir(cell_id)
+        row = {**to_jsonable(dict(row)), "cell_id": cell_id}
+        missing = [c for c in ID_COLUMNS if c not in row]
+        if missing:
+            raise ValueError(f"cell {cell_id}: the row lacks id columns {', '.join(missing)}")
+        samples = _cell_samples(cell_id, row, samples)
+        feats = to_numpy(adv_features, np.float32)
+        if feats.ndim != 2 or len(feats) != len(samples):
+            raise ValueError(f"cell {cell_id}: adv_features {feats.shape} do not match {len(samples)} samples")
+        refs = {"adv_features": self.store_array(feats),
+                "x_adv": self.store_array(x_adv) if x_adv is not None else None}
+        stage = Path(tempfile.mkdtemp(prefix=f".{cell_id}.", dir=final.parent))
+        try:
+            write_table(stage / "samples", samples)
+            atomic_write_json(stage / "arrays.json", refs)
+            if seconds is not None:
+                atomic_write_json(stage / "timing.json", {"seconds": seconds})
+            atomic_write_json(stage / "row.json", row)
+            os.chmod(stage, 0o777 & ~current_umask())  # mkdtemp makes it private
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(stage, final)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        fsync_dir(final.parent)
+        return final
+
+    def write_timing(self, cell_id: str, seconds: float) -> Path:
+        """Record the wall-clock time of a finished cell (kept out of results.csv)."""
+        return atomic_write_json(self.cell_dir(cell_id) / "timing.json", {"seconds": seconds})
+
+    # -- finishing -----------------------------------------------------------------------
+    def finalize(self, extra_rows: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+        """Merge every cell into results.csv, samples and timings.csv; return the results.
+
+        ``extra_rows``: rows computed from the cells (the worst case over a run's
+        attacks), written into results.csv after the cells' own rows.
+        """
+        ids = self.cell_ids()
+        rows = [self.cell_row(c) for c in ids]
+        results = pd.DataFrame(rows).drop(columns="cell_id", errors="ignore") if rows else pd.DataFrame()
+        if extra_rows is not None and len(extra_rows):
+            results = pd.concat([results, extra_rows], ignore_index=True)
+        write_results(results, self.path / "results.csv")
+        order = {c: i for i, c in enumerate(_cell_order(rows))}
+        parts = [self.samples(c) for c in ids]
+        samples = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=SAMPLE_COLUMNS)
+        samples = order_columns(samples, SAMPLE_COLUMNS)
+        samples["_order"] = samples["cell_id"].map(order)
+        samples = sort_rows(samples, ["_order", "index"]).drop(columns="_order")
+        for stale in ("samples.parquet", "samples.csv"):  # one format per run
+            (self.path / stale).unlink(missing_ok=True)
+        write_table(self.path / "samples", samples)
+        atomic_write_csv(self.path / "timings.csv", self._timings(rows))
+        self._collect_arrays(ids)
+        return self.results()
+
+    def _collect_arrays(self, ids: List[str]) -> None:
+        """Remove stored arrays no cell refers to (cells pruned or replaced)."""
+        folder = self.path / "arrays"
+        if not folder.is_dir():
+            return
+        used = set()
+        for cell_id in ids:
+            refs = self.cell_dir(cell_id) / "arrays.json"
+            if refs.is_file():
+                used |= {v for v in json.loads(refs.read_text(encoding="utf-8")).values() if v}
+        for path in folder.glob("*.npy"):
+            if path.stem not in used:
+                path.unlink(missing_ok=True)
+
+    def _timings(self, rows: List[Dict[str, Any]]) -> pd.DataFrame:
+        out = []
+        for row in rows:
+            path = self.cell_dir(row["cell_id"]) / "timing.json"
+            seconds = json.loads(path.read_text()).get("seconds") if path.is_file() else None
+            out.append({**{k: row.get(k) for k in ["cell_id", *CELL_KEY]}, "seconds": seconds})
+        df = pd.DataFrame(out, columns=TIMING_COLUMNS)
+        return sort_rows(df, CELL_KEY + ["cell_id"])
+
+    def bytes_per_cell(self) -> Dict[str, float]:
+        """Disk use of the finished cells and their arrays (the storage figures of a run)."""
+        cells = [p for p in (self.path / "cells").rglob("*") if p.is_file()]
+        arrays = list((self.path / "arrays").glob("*.npy")) if (self.path / "arrays").is_dir() else []
+        total = sum(p.stat().st_size for p in cells + arrays)
+        n = max(len(self.cell_ids()), 1)
+        return {"cells": len(self.cell_ids()), "bytes": total, "bytes_per_cell": total / n}
+
+
+def write_table(stem: Path, df: pd.DataFrame) -> Path:
+    """Per-sample records as ``<stem>.parquet`` (pyarrow installed) or ``<stem>.csv``."""
+    if parquet_available():
+        buf = io.BytesIO()
+        df.reset_index(drop=True).to_parquet(buf, index=False, engine="pyarrow", compression="zstd")
+        return atomic_write_bytes(stem.with_suffix(".parquet"), buf.getvalue())
+    return atomic_write_csv(stem.with_suffix(".csv"), df, EXACT_FLOAT_COLUMNS)
+
+
+def write_results(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """results.csv: RESULT_COLUMNS in order (then extras), rows sorted by the id columns."""
+    df = sort_rows(order_columns(df, RESULT_COLUMNS), ID_COLUMNS)
+    return atomic_write_csv(path, df, EXACT_FLOAT_COLUMNS)
+
+
+def read_run(path: str | os.PathLike) -> RunDir:
+    """Open a finished run directory for reading.
+
+    Raises:
+        RobenchError: ``path`` has no manifest.json or no results.csv.
+    """
+    if not RunDir.is_run(path):
+        hint = ""
+        if (Path(path) / "manifest.json").is_file():
+            hint = "; it has a manifest but was never finished"
+        raise RobenchError(f"{path} is not a robench run directory (no manifest.json / results.csv){hint}")
+    return RunDir(path)
+
+
+def _cell_samples(cell_id: str, row: Mapping[str, Any], samples: pd.DataFrame) -> pd.DataFrame:
+    samples = samples.copy()
+    samples["cell_id"] = cell_id
+    for col in CELL_KEY:
+        if col not in samples.columns:
+            samples[col] = row[col]
+    return order_columns(samples, SAMPLE_COLUMNS)
+
+
+def _cell_order(rows: List[Dict[str, Any]]) -> List[str]:
+    df = pd.DataFrame(rows, columns=["cell_id", *ID_COLUMNS])
+    return sort_rows(df, ID_COLUMNS + ["cell_id"])["cell_id"].tolist()
+
+
+def _config_diff(old: Any, new: Dict[str, Any]) -> str:
+    if not isinstance(old, dict):
+        return "its manifest.json has no readable configuration"
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    parts = [f"{k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in keys[:4]]
+    return "; ".join(parts) + (f"; and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
