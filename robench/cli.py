@@ -1,7 +1,9 @@
 """The ``robench`` command line. Each command is a thin wrapper over one function.
 
-torch, ART and matplotlib are imported inside the commands that need them, so
-``robench --help`` and ``robench list defenses`` start fast.
+The options of ``attack`` (and the overrides of ``run``) are generated from the
+run configuration's schema (:mod:`robench.config`). torch, ART and matplotlib
+are imported inside the commands that need them, so ``robench --help`` and
+``robench list defenses`` start fast.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import click
 
-from robench.errors import RobenchError, UsageError
+from robench.config import click_options
+from robench.errors import RobenchError
 from robench.registry import KINDS, registry
 
 
@@ -23,19 +26,20 @@ class Interrupted(Exception):
 
 
 class CtrlC:
-    """Remembers that Ctrl-C was pressed while a command ran.
+    """Ctrl-C while a command runs: remembered, and ignored once the command has returned.
 
-    A library interrupted in the middle of an import can fail afterwards with an
-    unrelated exception (AttributeError, RecursionError) instead of the
-    KeyboardInterrupt; with this flag the command still ends as interrupted.
+    Remembered because a library interrupted in the middle of an import can fail
+    afterwards with an unrelated exception (AttributeError, RecursionError); the
+    command still ends as interrupted. Ignored afterwards because in the console
+    script the process ends next, and Python's own handler would turn a Ctrl-C
+    during interpreter teardown into a signal death of a command whose work is complete.
     """
 
-    pressed = False
-    done = False  # the command has returned; a late Ctrl-C changes nothing
-    last = False  # the process ends after this command (console script, not CliRunner)
+    def __init__(self, console: bool) -> None:
+        self.console, self.pressed, self.running, self.previous = console, False, False, None
 
     def __enter__(self) -> "CtrlC":
-        CtrlC.pressed, CtrlC.done, self.previous = False, False, None
+        self.running = True
         try:
             if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when ignored (nohup, &)
                 self.previous = signal.signal(signal.SIGINT, self._pressed)
@@ -43,19 +47,15 @@ class CtrlC:
             pass
         return self
 
-    @staticmethod
-    def _pressed(signum: int, frame: Any) -> None:
-        if CtrlC.done:
-            return
-        CtrlC.pressed = True
-        raise KeyboardInterrupt
+    def _pressed(self, signum: int, frame: Any) -> None:
+        if self.running:
+            self.pressed = True
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc: Any) -> None:
-        if self.previous is None:
-            return
-        # In the console script the process ends next: restoring Python's handler would let a
-        # Ctrl-C during interpreter teardown kill a command whose work is complete (exit -2, no line).
-        signal.signal(signal.SIGINT, signal.SIG_IGN if CtrlC.last else self.previous)
+        self.running = False
+        if self.previous is not None:  # SIG_IGN, not a Python handler: teardown would reset that to default
+            signal.signal(signal.SIGINT, signal.SIG_IGN if self.console else self.previous)
 
 
 class RobenchGroup(click.Group):
@@ -68,24 +68,21 @@ class RobenchGroup(click.Group):
             raise Interrupted() from None
 
     def main(self, args: Optional[Sequence[str]] = None, prog_name: Optional[str] = None,
-             complete_var: Optional[str] = None, standalone_mode: bool = True, **extra: Any) -> Any:
-        with CtrlC():
+             complete_var: Optional[str] = None, standalone_mode: bool = True, console: bool = False,
+             **extra: Any) -> Any:
+        with CtrlC(console) as ctrl:
             try:
-                result = super().main(args=args, prog_name=prog_name or "robench", complete_var=complete_var,
-                                      standalone_mode=False, **extra)
-                CtrlC.done = True
-                return result
+                return super().main(args=args, prog_name=prog_name or "robench", complete_var=complete_var,
+                                    standalone_mode=False, **extra)
             except click.exceptions.Exit as exc:
                 sys.exit(exc.exit_code)
-            except Exception as exc:
-                _fail_for(exc)
-            except KeyboardInterrupt:
-                _fail_for(Interrupted())
+            except (Exception, KeyboardInterrupt) as exc:
+                _fail_for(exc, ctrl.pressed)
 
 
-def _fail_for(exc: BaseException) -> None:
+def _fail_for(exc: BaseException, pressed: bool) -> None:
     """Exit with one line for an error the user can cause; re-raise anything else (a bug)."""
-    if CtrlC.pressed or isinstance(exc, (Interrupted, click.exceptions.Abort)):
+    if pressed or isinstance(exc, (Interrupted, KeyboardInterrupt, click.exceptions.Abort)):
         if sys.stderr.isatty():
             click.echo("", err=True)  # end the terminal's ^C echo
         _fail("interrupted; finished work was kept (run the same command again to continue)", 130)
@@ -108,7 +105,8 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-@click.group(cls=RobenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=RobenchGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Shell completion (bash): eval \"$(_ROBENCH_COMPLETE=bash_source robench)\"")
 @click.version_option(package_name="robench", prog_name="robench")
 def cli() -> None:
     """Adversarial-robustness benchmarks for GM-loss and other feature-space defenses."""
@@ -116,9 +114,8 @@ def cli() -> None:
 
 def main() -> None:
     """The ``robench`` console script."""
-    CtrlC.last = True
     try:
-        cli()
+        cli.main(console=True)
     except SystemExit as exc:
         if exc.code == 130:
             _exit_interrupted()
@@ -141,20 +138,15 @@ def _exit_interrupted() -> None:
     os._exit(130)
 
 
-def _batch_size(value: str):
-    from robench.batching import parse_batch_size
-
-    try:
-        return parse_batch_size(value)
-    except RobenchError as exc:
-        raise click.BadParameter(str(exc).replace("--batch-size must be", "must be")) from None
+def examples(*lines: str) -> str:
+    """A command's ``--help`` epilog: real invocations, kept as written."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 # -- shared option bundles ---------------------------------------------------------
 
 def device_option(f):
-    return click.option("--device", default="auto", show_default=True,
-                        help="auto, cpu or cuda.")(f)
+    return click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")(f)
 
 
 def seed_option(f):
@@ -163,6 +155,19 @@ def seed_option(f):
 
 def quiet_option(f):
     return click.option("--quiet", "-q", is_flag=True, help="No progress bars.")(f)
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (for scripts).")(f)
+
+
+def force_option(f):
+    return click.option("--force", is_flag=True,
+                        help="Overwrite a run directory made with another configuration.")(f)
+
+
+def _echo_summary(summary: Any, as_json: bool) -> None:
+    click.echo(json.dumps(summary.as_dict(), indent=2, sort_keys=True) if as_json else summary.text())
 
 
 # -- list / inspect ------------------------------------------------------------------
@@ -180,41 +185,28 @@ class NameChoice(click.Choice):
         self.fail(f"unknown kind '{value}'{hint} (known: {', '.join(self.choices)})", param, ctx)
 
 
-@cli.command("list")
+@cli.command("list", epilog=examples("robench list", "robench list attacks 'pgd*'",
+                                     "robench list detectors --json"))
 @click.argument("kind", required=False, type=NameChoice(KINDS))
 @click.argument("pattern", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_cmd(kind: Optional[str], pattern: Optional[str], as_json: bool) -> None:
     """List registered attacks, defenses, detectors, datasets and archs (PATTERN: fnmatch)."""
+    from robench.commands import listing
+
     kinds = [kind] if kind else list(KINDS)
-    listing: Dict[str, List[Dict[str, str]]] = {k: _list_kind(k, pattern) for k in kinds}
+    found: Dict[str, List[Dict[str, str]]] = {k: listing(k, pattern) for k in kinds}
     if as_json:
-        click.echo(json.dumps(listing if not kind else listing[kind], indent=2))
+        click.echo(json.dumps(found if not kind else found[kind], indent=2))
         return
     for k in kinds:
         if not kind:
             click.echo(f"{k}:")
-        for item in listing[k]:
+        for item in found[k]:
             click.echo(f"{'  ' if not kind else ''}{item['name']:<28} {item['provider']}")
 
 
-def _list_kind(kind: str, pattern: Optional[str]) -> List[Dict[str, str]]:
-    import fnmatch
-
-    entries = [e.as_dict() for e in registry(kind).entries()]
-    if kind == "attacks":
-        from robench.attacks import expand_families
-
-        by_name = {e["name"]: e for e in entries}
-        expanded = []
-        for name in expand_families(list(by_name)):
-            family = by_name.get(name.partition(":")[0] if ":" in name else name)
-            expanded.append({**family, "name": name})
-        entries = expanded
-    return [e for e in entries if not pattern or fnmatch.fnmatch(e["name"], pattern)]
-
-
-@cli.command()
+@cli.command(epilog=examples("robench inspect gm.pt", "robench inspect mnist_Net2_loss_gm.pt --json"))
 @click.argument("checkpoint")
 @click.option("--arch", default=None, help="Architecture, for official checkpoints it cannot infer.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -233,7 +225,10 @@ def inspect(checkpoint: str, arch: Optional[str], as_json: bool) -> None:
 
 # -- train -------------------------------------------------------------------------------
 
-@cli.command()
+@cli.command(epilog=examples(
+    "robench train --defense gm --dataset mnist5k --out gm.pt",
+    "robench train --defense softmax --dataset mnist5k --train-half b --out surrogate.pt",
+    "robench train --defense pgd-at:preset=quick --dataset mnist5k --epochs 6 --out pgd-at.pt"))
 @click.option("--defense", required=True, help="Defense name, optionally NAME:key=value,...")
 @click.option("--dataset", required=True, help="mnist5k, digits, mnist:PATH, cifar10:PATH or npz:PATH.")
 @click.option("--arch", default="small-cnn", show_default=True, help="Architecture name.")
@@ -258,106 +253,77 @@ def train(defense: str, dataset: str, arch: str, epochs: Optional[int], batch_si
                   feature_dim=feature_dim, train_half=train_half, seed=seed, device=device, quiet=quiet, out=out)
 
 
-# -- attack ------------------------------------------------------------------------------
+# -- attack / run -----------------------------------------------------------------------
 
-@cli.command()
-@click.option("--model", "models", multiple=True, required=True, help="Checkpoint (repeatable).")
-@click.option("--attack", "attacks", multiple=True, required=True,
-              help="Attack, optionally NAME:key=value,... (repeatable).")
-@click.option("--eps", "eps", multiple=True, type=float, required=True, help="Budget in [0,1] pixel space (repeatable).")
-@click.option("--threat", "threats", multiple=True, default=["gray-box"], show_default=True,
-              help="gray-box, white-box or black-box (repeatable).")
-@click.option("--surrogate", default=None, help="Checkpoint the black-box attacker crafts on.")
-@click.option("--detector", "detectors", multiple=True, default=["auto"], show_default=True,
-              help="Detector name or auto (repeatable).")
-@click.option("--dataset", default=None, help="Dataset spec (default: the checkpoint's).")
-@click.option("--arch", default=None, help="Architecture, for official checkpoints it cannot infer.")
-@click.option("--n", type=int, default=500, show_default=True, help="Test points attacked.")
-@click.option("--batch-size", default="250", show_default=True, metavar="N|auto",
-              callback=lambda c, p, v: _batch_size(v),
-              help="Points per attack batch, or auto: the largest that fits (GPU memory, or a CPU memory "
-                   "cap: ROBENCH_CPU_MEMORY_GB, default a quarter of the free memory).")
-@seed_option
-@device_option
+@cli.command(epilog=examples(
+    "robench attack --model gm.pt --model softmax.pt --attack fgsm --attack pgd:steps=40 "
+    "--eps 0.1 --eps 0.3 --threat gray-box --threat white-box --detector auto --out runs/mnist",
+    "robench attack --model gm.pt --attack standard --eps 0.3 --threat white-box --n 1000 --out runs/std",
+    "robench attack --model gm.pt --attack pgd --eps 0.2 --threat black-box --surrogate surrogate.pt "
+    "--out runs/bb --json"))
+@click_options("attack")
 @quiet_option
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="Where cells run: this process, or Ray tasks.")
-@click.option("--ray-address", default=None, help="Address of an existing Ray cluster (default: start one).")
-@click.option("--cascade", is_flag=True,
-              help="Worst-case robust accuracy at a fraction of the passes: each further attack (and "
-                   "restart) runs only on the points still robust. Fewer adversarial examples for detection.")
-@click.option("--amp", type=click.Choice(["bf16"]), default=None,
-              help="Attack forward passes under bfloat16 autocast (evaluation stays fp32; the sanity "
-                   "report checks robust accuracy against fp32).")
-@click.option("--compile", "compile_", is_flag=True, help="Attack forward passes through torch.compile.")
-@click.option("--force", is_flag=True, help="Overwrite a run directory made with another configuration.")
+@json_option
+@force_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory.")
-def attack(models, attacks, eps, threats, surrogate, detectors, dataset, arch, n, batch_size, seed, device,
-           executor, ray_address, cascade, amp, compile_, quiet, force, out) -> None:
+def attack(quiet: bool, as_json: bool, force: bool, out: str, **options: Any) -> None:
     """Attack checkpoints under a threat model and write a run directory."""
     from robench.commands import check_writable_dir, keep_only_finished
-    from robench.runner import AttackConfig, run_attack
+    from robench.config import config_from_cli
+    from robench.runner import run_attack
 
     check_writable_dir(out)
-    if arch:
-        registry("archs").entry(arch)  # an unknown name fails now, not after the data is loaded
-    cfg = AttackConfig(models=list(models), attacks=list(attacks), eps=list(eps), threats=list(threats),
-                       surrogate=surrogate, detectors=list(detectors), dataset=dataset, arch=arch, n=n,
-                       batch_size=batch_size, seed=seed, device=device, executor=executor,
-                       ray_address=ray_address, cascade=cascade, amp=amp, compile=compile_)
+    cfg = config_from_cli(options).check()
     with keep_only_finished(out):
-        summary = run_attack(cfg, out, quiet=quiet, force=force)
-    click.echo(summary)
+        summary = run_attack(cfg, out, quiet=quiet or as_json, force=force)
+    _echo_summary(summary, as_json)
 
 
-# -- run --------------------------------------------------------------------------------
-
-@cli.command("run")
+@cli.command("run", epilog=examples("robench run suites/mnist5k.yaml --out runs/mnist5k",
+                                    "robench run my-suite.yaml --n 100 --device cpu --json"))
 @click.argument("suite")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory (default: the suite's).")
-@click.option("--n", type=int, default=None, help="Override the suite's n.")
-@click.option("--batch-size", default=None, metavar="N|auto",
-              callback=lambda c, p, v: None if v is None else _batch_size(v),
-              help="Override the suite's batch size (an integer or auto).")
-@click.option("--seed", type=int, default=None, help="Override the suite's seed.")
-@click.option("--device", default=None, help="Override the suite's device.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default=None, help="Override the executor.")
-@click.option("--ray-address", default=None, help="Address of an existing Ray cluster.")
-@click.option("--cascade/--no-cascade", default=None, help="Override the suite's cascade.")
+@click_options("run")
 @quiet_option
-@click.option("--force", is_flag=True, help="Overwrite a run directory made with another configuration.")
-def run_cmd(suite: str, out, n, batch_size, seed, device, executor, ray_address, cascade, quiet: bool,
-            force: bool) -> None:
+@json_option
+@force_option
+def run_cmd(suite: str, out: Optional[str], quiet: bool, as_json: bool, force: bool, **options: Any) -> None:
     """Run the whole grid a SUITE.yaml describes (finished cells are reused)."""
     from robench.commands import check_writable_dir, keep_only_finished, suite_out
+    from robench.config import overrides_from_cli
     from robench.suite import run_suite
 
-    overrides = {"n": n, "batch_size": batch_size, "seed": seed, "device": device, "executor": executor,
-                 "ray_address": ray_address, "cascade": cascade}
     out_dir = suite_out(suite, out)
     if out_dir:
         check_writable_dir(out_dir)
     with keep_only_finished(out_dir):
-        click.echo(run_suite(suite, out=out, overrides=overrides, quiet=quiet, force=force))
+        summary = run_suite(suite, out=out, overrides=overrides_from_cli(options), quiet=quiet or as_json,
+                            force=force)
+    _echo_summary(summary, as_json)
 
 
 # -- report / demo ---------------------------------------------------------------------
 
-@cli.command()
+@cli.command(epilog=examples("robench report runs/mnist --out reports/mnist",
+                             "robench report runs/gm runs/softmax runs/bb --out reports/all --json"))
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Report directory.")
-def report(run_dirs, out: str) -> None:
-    """Build CSV tables, plots and index.html from run directories."""
-    from robench.commands import check_writable_dir, keep_only_finished
+@json_option
+def report(run_dirs, out: str, as_json: bool) -> None:
+    """Build CSV/LaTeX tables, plots, a leaderboard and index.html from run directories."""
+    from robench.commands import check_writable_dir, keep_only_finished, report_summary
     from robench.reports import build_report
 
     check_writable_dir(out)
     with keep_only_finished(out):
         index = build_report(list(run_dirs), out)
-    click.echo(f"report written to {index}")
+    if as_json:
+        click.echo(json.dumps(report_summary(index), indent=2, sort_keys=True))
+    else:
+        click.echo(f"report written to {index}")
 
 
-@cli.command()
+@cli.command(epilog=examples("robench demo", "robench demo --out /tmp/demo --device cpu"))
 @click.option("--out", default="reports/demo", show_default=True, type=click.Path(file_okay=False))
 @device_option
 @quiet_option

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import click
 
@@ -137,3 +137,27 @@ def run_train(*, defense: str, dataset: str, arch: str, epochs: Optional[int], b
     click.echo(f"{name} on {dataset} ({arch}): clean test accuracy {m['clean_test_acc']:.4f} "
                f"(val {m['clean_val_acc']:.4f}), {m['epochs']} epochs in {m['train_seconds']:.0f} s -> {path}")
     return path
+
+
+def listing(kind: str, pattern: Optional[str]) -> List[Dict[str, str]]:
+    """``robench list KIND [PATTERN]``: registered names (attack families expanded), fnmatch-filtered."""
+    import fnmatch
+
+    from robench.registry import registry
+
+    entries = [e.as_dict() for e in registry(kind).entries()]
+    if kind == "attacks":
+        from robench.attacks import expand_families
+
+        by_name = {e["name"]: e for e in entries}
+        entries = [{**by_name[name.partition(":")[0] if ":" in name else name], "name": name}
+                   for name in expand_families(list(by_name))]
+    return [e for e in entries if not pattern or fnmatch.fnmatch(e["name"], pattern)]
+
+
+def report_summary(index: Path) -> Dict[str, Any]:
+    """``robench report --json``: where the report is and what it holds."""
+    folder = Path(index).parent
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return {"index": str(index), "folder": str(folder), "files": files}

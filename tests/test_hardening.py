@@ -340,9 +340,9 @@ BAD = [
     ("attack-eps-negative", "cli", attack(replace={"--eps": "-0.1"}), 2, ["--eps must be a number in [0, 1]"], None),
     ("attack-eps-above-1", "cli", attack(replace={"--eps": "1.5"}), 2, ["--eps", "got 1.5"], None),
     ("attack-eps-nan", "sub", attack(replace={"--eps": "nan"}), 2, ["--eps", "got nan"], None),
-    ("attack-steps-0", "cli", attack(replace={"--attack": "pgd:steps=0"}), 2, ["steps must be an integer >= 1"], None),
+    ("attack-steps-0", "cli", attack(replace={"--attack": "pgd:steps=0"}), 2, ["steps must be an integer in [1, inf), got 0"], None),
     ("attack-batch-size-0", "cli", attack(replace={"--batch-size": "0"}), 2, ["--batch-size", "must be an integer >= 1 or auto, got 0"], None),
-    ("attack-n-0", "cli", attack(replace={"--n": "0"}), 2, ["--n must be >= 1"], None),
+    ("attack-n-0", "cli", attack(replace={"--n": "0"}), 2, ["--n must be an integer >= 1, got 0"], None),
     ("attack-eps-not-a-number", "cli", attack(replace={"--eps": "big"}), 2, ["'big' is not a valid float"], None),
     # attack: data
     ("attack-npz-no-y", "cli", attack("--dataset", "npz:{npz_no_y}"), 1, ["missing array(s) y", "has: x"], None),
@@ -357,7 +357,7 @@ BAD = [
     # attack: models, threats, devices, folders
     ("attack-gm-detector-on-softmax", "cli", attack("--threat", "white-box", replace={"--detector": "gm-likelihood"}),
      1, ["gm-likelihood needs a Gaussian-mixture"], None),
-    ("attack-black-box-no-surrogate", "cli", attack("--threat", "black-box"), 2, ["needs --surrogate"], None),
+    ("attack-black-box-no-surrogate", "cli", attack("--threat", "black-box"), 2, ["needs a 'surrogate' (--surrogate CKPT)"], None),
     ("attack-surrogate-other-shape", "cli", attack("--threat", "black-box", "--surrogate", "{wide}"), 2,
      ["--surrogate wide", "do not match"], None),
     ("attack-class-count", "cli", attack(replace={"--model": "{three}"}), 2,

@@ -43,7 +43,7 @@ EXPECTED = [
     "line 8: unknown key 'models[1].colour'",
     "line 12: attack pgd: unknown argument 'stepz' (did you mean 'steps'?)",
     "line 13: unknown attack 'pdg'; did you mean pgd",
-    "line 14: eps must be numbers in [0, 1] (pixel space), got 2",
+    "line 14: eps must be a number in [0, 1] (pixel space), got 2",
     "line 15: threat black-box needs a 'surrogate'",
     "line 16: unknown detector 'mahalanobiss'; did you mean mahalanobis?",
     "line 17: 'n' must be an integer, got str",
@@ -115,7 +115,7 @@ def test_problems_come_in_file_order(tmp_path):
     ("models: [{train: {defense: gm, params: [1]}}]\nattacks: [{name: pgd, steps: 0}]\neps: 0.1\n",
      "line 1: 'models[0].train.params' must be a mapping, got list"),
     ("models: [{train: {defense: gm}}]\nattacks:\n  - {name: pgd,\n     steps: 0}\neps: [0.1]\n",
-     "line 3: attack pgd: steps must be an integer >= 1"),
+     "line 4: attack pgd: steps must be an integer in [1, inf), got 0"),
     ("models: [{train: {defense: gm}}]\nattacks: [fgsm]\neps: [0.1]\nexecutor: spark\n",
      "line 4: executor must be one of local, ray"),
     ("models: [{train: {defense: gm}}]\nattacks: [fgsm]\neps: [0.1]\ndataset: cifar10:/no/such\n",
@@ -134,7 +134,7 @@ def test_problems_come_in_file_order(tmp_path):
     ("models: [{train: {defense: gm}}]\nattacks: [fgsm]\neps: [0.1]\nbatch_size: lots\n",
      "line 4: batch_size must be an integer >= 1 or auto, got 'lots'"),
     ("models: [{train: {defense: gm}}]\nattacks: [fgsm]\neps: [0.1]\namp: fp16\n",
-     "line 4: amp must be bf16 (or absent), got 'fp16'"),
+     "line 4: amp must be bf16 (or not given), got 'fp16'"),
 ])
 def test_single_problems(tmp_path, monkeypatch, text, needle):
     monkeypatch.chdir(tmp_path)
@@ -150,12 +150,12 @@ def test_shipped_suites_validate(monkeypatch, tmp_path):
     demo = load_suite(str(SUITES / "mnist5k.yaml"))
     assert [m.name for m in demo.models] == ["softmax", "gm"] and demo.surrogate.name == "surrogate"
     assert dict(demo.attacks)["cw-l2:binary_search_steps=3,steps=15"] == [0.0]
-    assert demo.attack_threats == {"cw-l2:binary_search_steps=3,steps=15": ["gray-box"]}
+    assert demo.config.attack_threats == {"cw-l2:binary_search_steps=3,steps=15": ["gray-box"]}
     # The CIFAR-10 suite is valid once its dataset folder exists (nothing is read before the run).
     (tmp_path / "data" / "cifar10").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     cifar = load_suite(str(SUITES / "cifar10-resnet20.yaml"), {"device": "cpu"})
-    assert cifar.models[0].train["arch"] == "resnet20" and cifar.n == 1000
+    assert cifar.models[0].train["arch"] == "resnet20" and cifar.config.n == 1000
 
 
 def test_cli_options_override_file_values(tmp_path, tiny_ckpt):

@@ -1,0 +1,199 @@
+"""Every check of a run configuration, returning all problems at once.
+
+:meth:`robench.config.RunConfig.validate` calls :func:`config_problems`; the
+suite parser calls the same functions with the places of its file, so a check
+is written once and reads the same on the command line and in a suite.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from robench.config import EXECUTORS, THREATS, Problem, RunConfig, checkpoint_problem, eps_problem
+from robench.errors import RobenchError, UsageError
+
+
+def config_problems(cfg: RunConfig, files: bool = True) -> List[Problem]:
+    """All problems of ``cfg`` (see :meth:`RunConfig.validate`)."""
+    out: List[Problem] = []
+    out += [Problem(("eps", i), m) for i, e in enumerate(cfg.eps) if (m := eps_problem(e))]
+    for spec, values in cfg.attack_eps.items():
+        out += [Problem(("eps",), m) for e in values if (m := eps_problem(e))]
+    out += scalar_problems(cfg)
+    out += threat_problems(cfg)
+    for i, spec in enumerate(cfg.attacks):
+        out += [Problem(("attacks", i), m) for _, m in attack_problems(spec)]
+    for i, name in enumerate(cfg.detectors):
+        if name not in ("auto", "none") and (m := known_problem("detectors", name)):
+            out.append(Problem(("detectors", i), m))
+    if files:
+        out += file_problems(cfg)
+    return out
+
+
+def scalar_problems(cfg: RunConfig) -> List[Problem]:
+    out = []
+    if not _is_int(cfg.n) or cfg.n < 1:
+        out.append(Problem(("n",), f"{{name}} must be an integer >= 1, got {cfg.n!r}"))
+    if cfg.threads is not None and (not _is_int(cfg.threads) or cfg.threads < 1):
+        out.append(Problem(("threads",), f"{{name}} must be an integer >= 1, got {cfg.threads!r}"))
+    if not _is_int(cfg.seed) or cfg.seed < 0:
+        out.append(Problem(("seed",), f"{{name}} must be an integer >= 0, got {cfg.seed!r}"))
+    if cfg.batch_size != "auto" and (not _is_int(cfg.batch_size) or cfg.batch_size < 1):
+        out.append(Problem(("batch_size",), f"{{name}} must be an integer >= 1 or auto, got {cfg.batch_size!r}"))
+    if cfg.amp is not None and cfg.amp != "bf16":
+        out.append(Problem(("amp",), f"{{name}} must be bf16 (or not given), got {cfg.amp!r}"))
+    if cfg.executor not in EXECUTORS:
+        out.append(Problem(("executor",), f"{{name}} must be one of {', '.join(EXECUTORS)}, got {cfg.executor!r}"))
+    elif cfg.executor == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            out.append(Problem(("executor",), "executor ray needs Ray: pip install 'robench[ray]'"))
+    try:
+        from robench.devices import resolve_device
+
+        resolve_device(cfg.device)
+    except RobenchError as exc:
+        out.append(Problem(("device",), str(exc).replace("--device", "{name}")))
+    for key in ("dataset", "arch"):
+        value = getattr(cfg, key)
+        if value and (m := known_problem("datasets" if key == "dataset" else "archs", value.partition(":")[0])):
+            out.append(Problem((key,), m))
+    return out
+
+
+def threat_problems(cfg: RunConfig) -> List[Problem]:
+    out, parsed = [], []
+    places = [(("threats", i), t) for i, t in enumerate(cfg.threats)]
+    places += [(("attacks", cfg.attacks.index(spec) if spec in cfg.attacks else 0, "threats", i), t)
+               for spec, ts in cfg.attack_threats.items() for i, t in enumerate(ts)]
+    for where, t in places:
+        if str(t).strip().lower() in THREATS:
+            parsed.append(str(t).strip().lower())
+        else:
+            out.append(Problem(where, f"unknown threat model '{t}' (known: {', '.join(THREATS)})"))
+    if "black-box" in parsed and not cfg.surrogate:
+        out.append(Problem(("threats",), "threat black-box needs a 'surrogate' (--surrogate CKPT): the model "
+                                         "the attacker crafts on"))
+    return out
+
+
+def file_problems(cfg: RunConfig) -> List[Problem]:
+    out = [Problem(("models", i), m) for i, p in enumerate(cfg.models) if (m := checkpoint_problem(p))]
+    if cfg.surrogate and (m := checkpoint_problem(cfg.surrogate)):
+        out.append(Problem(("surrogate",), m))
+    stems = [Path(p).stem for p in cfg.models]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:  # rows and feature files are keyed by the checkpoint's file stem
+        out.append(Problem(("models",), f"two models would both be named {', '.join(twice)} (the "
+                                        f"checkpoint's file stem); rename one of the files"))
+    return out
+
+
+def known_problem(kind: str, name: str) -> Optional[str]:
+    """None when ``name`` is registered as a ``kind``, else the registry's one-line error."""
+    from robench.registry import registry
+
+    try:
+        registry(kind).entry(name)
+    except RobenchError as exc:
+        return str(exc)
+    return None
+
+
+# -- attacks --------------------------------------------------------------------------
+
+def attack_problems(spec: str, kwargs: Optional[Dict[str, Any]] = None) -> List[Tuple[Optional[str], str]]:
+    """Problems of one attack: (argument name or None, message).
+
+    ``spec`` is ``name[:key=value,...]``; ``kwargs`` given: ``spec`` is just the name.
+    """
+    from robench.specs import parse_spec
+
+    try:
+        name, parsed = parse_spec(spec) if kwargs is None else (spec, kwargs)
+    except RobenchError as exc:
+        return [(None, f"attack '{spec}': {exc}")]
+    if (m := known_problem("attacks", name.partition(":")[0])):
+        return [(None, m)]
+    try:
+        known = attack_arguments(name)
+    except RobenchError as exc:
+        return [(None, str(exc))]
+    out: List[Tuple[Optional[str], str]] = []
+    if "eps" in parsed:
+        out.append(("eps", f"attack {name}: give eps with --eps (in a suite: the attack's eps: list), "
+                           f"not in the attack spec"))
+    out += [(key, message) for key, message in value_problems(name, factory_of(name), parsed)]
+    if known is not None:
+        import difflib
+
+        for key in sorted(set(parsed) - known - {"eps"}):
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            out.append((key, f"attack {name}: unknown argument '{key}'{hint}"))
+    return out
+
+
+def factory_of(name: str) -> Any:
+    from robench.registry import registry
+
+    return registry("attacks").get(name.partition(":")[0])
+
+
+def value_problems(name: str, factory: Any, kwargs: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """Out-of-range values of the arguments the attack declares ranges for (checked before any work)."""
+    ranges = dict(getattr(factory, "ranges", None) or {})
+    if not ranges:  # attacks that do not declare ranges: the counts every iterative attack has
+        from robench.params import Range
+
+        ranges = {k: Range(int, 1) for k in ("steps", "restarts", "binary_search_steps")}
+    out = []
+    for key in sorted(set(kwargs) & set(ranges)):
+        try:
+            ranges[key].check(f"attack {name}", key, kwargs[key])
+        except UsageError as exc:
+            out.append((key, str(exc)))
+    return out
+
+
+def attack_arguments(name: str) -> Optional[Set[str]]:
+    """The keyword arguments the attack ``name`` accepts (None: it checks its own)."""
+    from robench.registry import registry
+
+    factory = registry("attacks").get(name.partition(":")[0])
+    family, _, member = name.partition(":")
+    if getattr(factory, "is_family", False):
+        if not member:
+            raise UsageError(f"attack '{family}' is a family: name one of its classes, as in "
+                             f"{family}:{getattr(factory, 'example', 'Name')}")
+        return set(_family_arguments(factory, member)) | {"seed"}
+    if member:
+        raise UsageError(f"attack '{family}' is not a family; use '{family}' without ':{member}'")
+    arguments = getattr(factory, "arguments", None)
+    if callable(arguments):
+        return set(arguments())
+    params = inspect.signature(factory).parameters.values()
+    known = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"model", "eps"}
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        from robench.attacks.base import GradientAttack
+        from robench.attacks.objectives import JOINT_OPTIONS
+
+        if not (isinstance(factory, type) and issubclass(factory, GradientAttack)):
+            return None
+        known |= set(JOINT_OPTIONS)
+    return known - {"objective_options", "runtime"}
+
+
+def _family_arguments(factory: Any, member: str) -> Set[str]:
+    arguments = getattr(factory, "arguments", None)
+    if callable(arguments):
+        return set(arguments(member))
+    return set(factory._signature(factory.resolve(member)))  # adapters before they had arguments()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
