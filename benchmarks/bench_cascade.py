@@ -43,7 +43,8 @@ def worst_case(samples: pd.DataFrame) -> pd.Series:
 def main() -> None:
     import robench
     from robench.checkpoints import save_checkpoint
-    from robench.runner import AttackConfig, run_attack
+    from robench.config import RunConfig
+    from robench.runner import run_attack
 
     args = parse_args()
     root = Path(tempfile.mkdtemp(prefix="robench-cascade-bench-"))
@@ -54,7 +55,7 @@ def main() -> None:
     seconds = {}
     for mode in ("full", "cascade"):
         t0 = time.perf_counter()
-        run_attack(AttackConfig(**grid, cascade=mode == "cascade"), str(root / mode), quiet=True)
+        run_attack(RunConfig(**grid, cascade=mode == "cascade"), str(root / mode), quiet=True)
         seconds[mode] = time.perf_counter() - t0
     full = pd.read_csv(root / "full" / "results.csv")
     cascade = pd.read_csv(root / "cascade" / "results.csv")

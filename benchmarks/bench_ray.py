@@ -42,7 +42,8 @@ def main() -> None:
 
     import robench
     from robench.checkpoints import save_checkpoint
-    from robench.runner import AttackConfig, run_attack
+    from robench.config import RunConfig
+    from robench.runner import run_attack
 
     args = parse_args()
     root = Path(tempfile.mkdtemp(prefix="robench-ray-bench-"))
@@ -58,7 +59,7 @@ def main() -> None:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
         try:
             t0 = time.perf_counter()
-            run_attack(AttackConfig(**grid, executor=executor), str(root / f"{label}-{repeat}"), quiet=True)
+            run_attack(RunConfig(**grid, executor=executor), str(root / f"{label}-{repeat}"), quiet=True)
             return time.perf_counter() - t0
         finally:
             if executor == "ray":

@@ -30,4 +30,4 @@ def run_demo(out: str, device: str = "auto", quiet: bool = False) -> str:
     summary = run_suite(str(demo_suite()), out=str(run_dir), overrides={"device": device}, quiet=quiet)
     index = build_report([str(run_dir)], out)
     minutes = (time.time() - t0) / 60
-    return f"{summary}\n\ndemo finished in {minutes:.1f} min; report: {index}"
+    return f"{summary.text()}\n\ndemo finished in {minutes:.1f} min; report: {index}"

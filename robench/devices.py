@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator, Optional
+
 import torch
 
 from robench.errors import UsageError
@@ -36,3 +39,20 @@ def prefer_channels_last(model: torch.nn.Module, force: bool = False) -> bool:
     model.to(memory_format=torch.channels_last)
     model.channels_last = True
     return True
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]) -> Iterator[None]:
+    """Run a block with ``n`` torch threads (None: as it is), restoring the count after.
+
+    CPU matrix products split their sums by thread count, so one count for every
+    cell (in this process and in Ray workers) keeps the numbers identical wherever a cell runs.
+    """
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

@@ -1,146 +1,76 @@
-"""Crafting adversarial examples for a cell and turning them into a result row."""
+"""Turning crafted examples into result rows, and the task every executor runs.
+
+:func:`run_job` is the one function a cell (or a cascade's chain) needs: craft
+under its threat model, then evaluate for each of its detectors. Executors run
+it here or in Ray tasks; it depends only on its arguments.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import inspect
-from typing import Any, Dict, List, Optional, Tuple
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 
-from robench.threats import ThreatModel, defender_outcome, pick_worst_case, white_box_objectives
-
-FLAG_FPR = 0.05  # the calibrated threshold an adaptive attacker must stay under
-
-
-def accepts(name: str, argument: str) -> bool:
-    """Whether the attack registered as ``name`` takes ``argument`` (a family member: its family's)."""
-    from robench.registry import registry
-
-    cls = registry("attacks").get(name.partition(":")[0])
-    return argument in inspect.signature(cls).parameters
+from robench.config import RunConfig
+from robench.craft import CraftCache, Crafted, chain_examples, craft, craft_cell
+from robench.plan import Cell, Chain, Job
+from robench.prepare import ModelContext, Source
 
 
-def craft(cell, model, x: torch.Tensor, y: torch.Tensor, cfg, quiet: bool,
-          objective: Optional[str], detector=None,
-          active: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, int, str]:
-    """Run one attack over the test points in batches; returns (x_adv, passes, objective).
+@dataclass
+class CellResult:
+    """One finished cell: its results row, per-sample records and arrays."""
 
-    ``active`` (the cascade): a bool mask of the points to attack; the others come
-    back unchanged. The batches are those of a full run, so an attacked point gets
-    exactly the example it would get there.
-    """
-    from robench.attacks import create_attack
-    from robench.progress import progress_bar
-
-    kwargs = dict(cell.kwargs)
-    if objective is not None:
-        kwargs["objective"] = objective
-        if objective == "joint":
-            kwargs.update(detector=detector, fpr=FLAG_FPR)
-    if accepts(cell.attack, "seed"):
-        kwargs.setdefault("seed", cell.seed)
-    how = (getattr(cfg, "amp", None), bool(getattr(cfg, "compile", False)), bool(getattr(cfg, "cascade", False)))
-    key = _craft_key(cell, model, x, kwargs, detector) + (_mask_key(active), how)
-    hit = _CRAFTED.get(key)
-    # The same attack already ran for another threat model of this cell; the entry holds
-    # the model and inputs themselves, so a recycled id() can never match a stale entry.
-    if hit is not None and hit[0] is model and hit[1] is x and hit[2] is detector:
-        return hit[3]
-    attack = create_attack(cell.attack, model, eps=cell.eps, **kwargs)
-    attack.cascade = bool(getattr(cfg, "cascade", False))
-    attack.amp = torch.bfloat16 if getattr(cfg, "amp", None) == "bf16" else None
-    attack.compile = bool(getattr(cfg, "compile", False))
-    label = f"{cell.attack} eps={cell.eps:g} {cell.threat.value}" + (f" {objective}" if objective else "")
-    bar = progress_bar(total=len(y), desc=label, unit="img", disable=quiet)
-    chunks = []
-    masks = active.split(cfg.batch_size) if active is not None else [None] * len(y.split(cfg.batch_size))
-    for xb, yb, mb in zip(x.split(cfg.batch_size), y.split(cfg.batch_size), masks):
-        chunks.append(attack(xb, yb, active=mb).detach().cpu())  # every batch: the streams stay aligned
-        bar.update(len(yb))
-    bar.close()
-    passes = int(getattr(attack, "n_forward", 0)) + int(getattr(attack, "n_backward", 0))
-    used = objective or str(getattr(attack, "objective", None) or "default")
-    result = (torch.cat(chunks), passes, used)
-    _CRAFTED[key] = (model, x, detector, result)
-    while len(_CRAFTED) > _CRAFT_CACHE_SIZE:
-        _CRAFTED.pop(next(iter(_CRAFTED)))
-    return result
+    cell_id: str
+    row: Dict[str, Any]
+    samples: Any  # pandas.DataFrame, SAMPLE_COLUMNS
+    adv_features: np.ndarray
+    x_adv: torch.Tensor
+    halved: tuple = ()  # batch sizes split in two after running out of GPU memory
 
 
-def _mask_key(active: Optional[torch.Tensor]) -> Optional[str]:
-    if active is None:
-        return None
-    return hashlib.sha1(active.to(torch.uint8).cpu().numpy().tobytes()).hexdigest()
+@dataclass
+class JobResult:
+    """What one job (a cell or a chain) returns to the driver."""
+
+    cells: List[CellResult]
+    seconds: float
 
 
-_CRAFTED: Dict[tuple, tuple] = {}
-_CRAFT_CACHE_SIZE = 6  # an (attack, eps) runs its threat models one after another
+def run_job(job: Job, ctx: ModelContext, surrogate: Optional[Source], cfg: RunConfig, quiet: bool,
+            cache: Optional[CraftCache] = None) -> JobResult:
+    """Craft and evaluate one cell, or a cascade's chain, with the run's thread count."""
+    from robench.devices import torch_threads
+
+    cache = cache if cache is not None else CraftCache()
+    started = time.perf_counter()
+    with torch_threads(cfg.threads):
+        if isinstance(job, Chain):
+            made = chain_examples(job.cells, ctx, surrogate, cfg, cache, quiet)
+            cells = [r for cell, m in zip(job.cells, made) for r in evaluate(cell, ctx, cfg, m)]
+        else:
+            cells = evaluate(job, ctx, cfg, craft_cell(job, ctx, surrogate, cfg, cache, quiet))
+    return JobResult(cells, time.perf_counter() - started)
 
 
-def _craft_key(cell, model, x: torch.Tensor, kwargs: Dict[str, Any], detector) -> tuple:
-    """What decides an attack's output: gray-box and the white-box ``ce`` candidate share it."""
-    if "objective" not in kwargs and accepts(cell.attack, "objective"):
-        from robench.registry import registry
-
-        default = inspect.signature(registry("attacks").get(cell.attack)).parameters["objective"].default
-        kwargs = {**kwargs, "objective": default}
-    plain = tuple(sorted((k, repr(v)) for k, v in kwargs.items() if k != "detector"))
-    return (id(model), id(x), len(x), cell.attack, cell.eps, plain, id(detector) if "detector" in kwargs else None)
-
-
-AMP_TOLERANCE = 0.005  # robust accuracy under bf16 autocast within 0.5 points of fp32
+def evaluate(cell: Cell, ctx: ModelContext, cfg: RunConfig, made: Crafted) -> List[CellResult]:
+    """One result per detector of the cell, from the same examples."""
+    out = []
+    for det_name, cell_id in zip(cell.detectors, cell.output_ids()):
+        row, samples, adv_f = evaluate_cell(cell, ctx, det_name, made.x_adv, cfg)
+        row.update({"objective": made.objective, "passes_per_sample": round(made.passes / len(ctx.y), 2),
+                    "objective_wins": made.objective_wins, "cascade_after": ";".join(cell.after)})
+        samples.insert(0, "cell_id", cell_id)
+        out.append(CellResult(cell_id, row, samples, adv_f, made.x_adv, made.halved))
+    return out
 
 
-def amp_agreement(cell, ctx, cfg) -> Dict[str, Any]:
-    """Robust accuracy of one cell's attack crafted in fp32 and under ``cfg.amp``, on the same points.
-
-    A sanity row: bf16 gradients are coarser, and an attack weakened by them
-    would overstate robustness.
-    """
-    from dataclasses import replace
-
-    plain = replace(cfg, cascade=False)
-    accs = {}
-    for label, run_cfg in (("fp32", replace(plain, amp=None)), (cfg.amp, plain)):
-        x_adv, _, _ = craft(cell, ctx.model, ctx.x, ctx.y, run_cfg, True, objective=None)
-        accs[label] = float((ctx.model.predict(x_adv, cfg.batch_size) == ctx.y).float().mean())
-    diff = abs(accs[cfg.amp] - accs["fp32"])
-    return {"model": ctx.model.info.name, "check": f"{cfg.amp} autocast agrees with fp32",
-            "flagged": diff > AMP_TOLERANCE + 1e-12,
-            "evidence": f"{cell.attack} eps {cell.eps:g}: robust accuracy {cfg.amp} {accs[cfg.amp]:.3f} vs "
-                        f"fp32 {accs['fp32']:.3f} ({len(ctx.y)} points; tolerance {AMP_TOLERANCE:.3f})"}
-
-
-def white_box(cell, ctx, cfg, quiet: bool,
-              active: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, int, str, str]:
-    """Per sample, the worst case for the defender over the adaptive objectives."""
-    det_name = cell.detectors[0]
-    detector = ctx.detectors.get(det_name)
-    if not accepts(cell.attack, "objective"):
-        x_adv, passes, used = craft(cell, ctx.model, ctx.x, ctx.y, cfg, quiet, objective=None, active=active)
-        return x_adv, passes, used, ""
-    objectives = [o for o in white_box_objectives(ctx.model.is_gm) if o != "joint" or detector is not None]
-    candidates, outcomes, scores, total = [], [], [], 0
-    for obj in objectives:
-        x_adv, passes, _ = craft(cell, ctx.model, ctx.x, ctx.y, cfg, quiet, objective=obj, detector=detector,
-                                 active=active)
-        total += passes
-        pred = ctx.model.predict(x_adv, cfg.batch_size)
-        score = detector.score(x_adv, batch_size=cfg.batch_size) if detector is not None else torch.zeros(len(pred))
-        flagged = detector.flag(score, FLAG_FPR) if detector is not None else torch.zeros(len(pred), dtype=torch.bool)
-        candidates.append(x_adv)
-        outcomes.append(defender_outcome(pred == ctx.y, flagged))
-        scores.append(score)
-    best = pick_worst_case(outcomes, scores)
-    x_best = torch.stack(candidates)[best, torch.arange(len(best))]
-    wins = ";".join(f"{o}:{int((best == i).sum())}" for i, o in enumerate(objectives))
-    return x_best, total, "worst-of:" + "+".join(objectives), wins
-
-
-def evaluate_cell(cell, ctx, det_name: str, x_adv: torch.Tensor, cfg):
-    """Predictions, scores and metrics of one cell for one detector."""
+def evaluate_cell(cell: Cell, ctx: ModelContext, det_name: str, x_adv: torch.Tensor, cfg: RunConfig):
+    """Predictions, scores and metrics of one cell for one detector: (row, samples, adv_features)."""
     import pandas as pd
 
     from robench.metrics import cell_metrics
@@ -149,16 +79,14 @@ def evaluate_cell(cell, ctx, det_name: str, x_adv: torch.Tensor, cfg):
     model = ctx.model
     with torch.no_grad():
         adv_f = batched(model.features, x_adv, cfg.batch_size, model.device)
-        adv_logits = batched(model.logits_from_features, adv_f, cfg.batch_size, model.device)
-    adv_pred = adv_logits.argmax(1)
+        adv_pred = batched(model.logits_from_features, adv_f, cfg.batch_size, model.device).argmax(1)
     detector = ctx.detectors.get(det_name)
+    clean_score = adv_score = None
+    thresholds: Dict[float, float] = {}
     if detector is not None:
         clean_score = detector.score(ctx.x, batch_size=cfg.batch_size)
         adv_score = detector.score(x_adv, batch_size=cfg.batch_size)
         thresholds = {fpr: detector.threshold(fpr) for fpr in (0.01, 0.05)}
-    else:
-        clean_score = adv_score = None
-        thresholds = {}
     delta = (x_adv - ctx.x).flatten(1)
     linf, l2 = delta.abs().amax(1), delta.norm(dim=1)
     metrics = cell_metrics(y=ctx.y.numpy(), clean_pred=ctx.clean_pred.numpy(), adv_pred=adv_pred.numpy(),
@@ -167,7 +95,7 @@ def evaluate_cell(cell, ctx, det_name: str, x_adv: torch.Tensor, cfg):
     info = model.info
     row: Dict[str, Any] = {
         "model": info.name, "defense": info.defense, "dataset": ctx.dataset, "arch": info.arch,
-        "attack": cell.attack, "attack_params": _params(cell.kwargs), "norm": _norm(cell.attack),
+        "attack": cell.attack, "attack_params": _params(cell.kwargs), "norm": attack_norm(cell, model),
         "eps": cell.eps, "threat": cell.threat.value, "detector": det_name, "seed": cfg.seed, **metrics,
     }
     samples = pd.DataFrame({
@@ -198,15 +126,41 @@ def _params(kwargs: Dict[str, Any]) -> str:
     return ",".join(f"{k}={kwargs[k]}" for k in sorted(kwargs))
 
 
-def _norm(name: str) -> str:
-    if name.startswith(("ta:", "art:")):
-        return "adapter"
+def attack_norm(cell: Cell, model: Any) -> str:
+    """The distance the cell's budget is measured in (an adapter's, from the library class it wraps)."""
     from robench.registry import registry
 
-    return str(getattr(registry("attacks").get(name), "norm", "") or "")
+    factory = registry("attacks").get(cell.attack.partition(":")[0])
+    if getattr(factory, "is_family", False):
+        try:
+            return str(factory.norm_of(cell.attack.partition(":")[2], cell.kwargs) or "")
+        except AttributeError:
+            return "adapter"
+    return str(getattr(factory, "norm", "") or "")
 
 
 def input_hashes(x: torch.Tensor) -> List[str]:
     """A short content hash per input image (so samples can be matched across runs)."""
     arr = x.detach().cpu().numpy()
     return [hashlib.sha1(a.tobytes()).hexdigest()[:12] for a in arr]
+
+
+AMP_TOLERANCE = 0.005  # robust accuracy under bf16 autocast within 0.5 points of fp32
+
+
+def amp_agreement(cell: Cell, ctx: ModelContext, cfg: RunConfig) -> Dict[str, Any]:
+    """Robust accuracy of one cell's attack crafted in fp32 and under ``cfg.amp``, on the same points.
+
+    A sanity row: bf16 gradients are coarser, and an attack weakened by them
+    would overstate robustness.
+    """
+    plain = replace(cfg, cascade=False)
+    accs = {}
+    for label, run_cfg in (("fp32", replace(plain, amp=None)), (cfg.amp, plain)):
+        made = craft(cell, Source(ctx.model, ctx.sha256), ctx, run_cfg, CraftCache(), True)
+        accs[label] = float((ctx.model.predict(made.x_adv, cfg.batch_size) == ctx.y).float().mean())
+    diff = abs(accs[cfg.amp] - accs["fp32"])
+    return {"model": ctx.name, "check": f"{cfg.amp} autocast agrees with fp32",
+            "flagged": diff > AMP_TOLERANCE + 1e-12,
+            "evidence": f"{cell.attack} eps {cell.eps:g}: robust accuracy {cfg.amp} {accs[cfg.amp]:.3f} vs "
+                        f"fp32 {accs['fp32']:.3f} ({len(ctx.y)} points; tolerance {AMP_TOLERANCE:.3f})"}

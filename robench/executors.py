@@ -1,10 +1,12 @@
-"""Executors: where the cells of a run are computed (this process, or Ray tasks).
+"""Executors: where the jobs of a run are computed (this process, or Ray tasks).
 
-Every cell is a pure function of (checkpoint, data indices, attack, eps,
-threat, detectors, seed): its randomness comes from its own generator seeded
-from the cell key, never from the global RNG. So where it runs does not change
-its result; the driver writes what comes back, and the final tables are
-sorted, so the files are the same whatever the order of completion.
+An executor is given the task function (:func:`robench.evaluate.run_job`) and
+the jobs; it never imports the runner. Every job is a pure function of
+(checkpoint, data indices, attack, eps, threat, detectors, seed): its randomness
+comes from its own generator seeded from the cell key, never from the global
+RNG. So where it runs does not change its result; the driver writes what comes
+back, and the final tables are sorted, so the files are the same whatever the
+order of completion.
 
 The Ray executor ships the driver's prepared models (weights, test points and
 fitted detectors) to the tasks through the object store, so a task neither
@@ -14,41 +16,45 @@ need robench installed, not the files.
 
 from __future__ import annotations
 
-import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from robench.errors import RobenchError, UsageError
 
 
+@dataclass(frozen=True)
+class Task:
+    """One job of a run and the model it belongs to."""
+
+    model_path: str
+    job: Any  # robench.plan.Cell or Chain
+
+
 class LocalExecutor:
-    """Cells one after another in this process."""
+    """Jobs one after another in this process, sharing one craft cache."""
 
-    def run(self, jobs, contexts, surrogate, cfg, quiet: bool) -> Iterator[Tuple[list, float]]:
+    def run(self, fn: Callable, tasks: List[Task], contexts: Dict[str, Any], surrogate: Any, cfg: Any,
+            quiet: bool) -> Iterator[Any]:
+        from robench.craft import CraftCache
         from robench.progress import progress_bar
-        from robench.runner import run_cell
 
-        bar = progress_bar(total=len(jobs), desc="cells", unit="cell", disable=quiet)
+        cache = CraftCache()
+        bar = progress_bar(total=len(tasks), desc="cells", unit="cell", disable=quiet)
         try:
-            for path, cell in jobs:
-                t0 = time.perf_counter()
-                outputs = run_cell(cell, contexts[path], surrogate, cfg, quiet)
+            for task in tasks:
+                yield fn(task.job, contexts[task.model_path], surrogate, cfg, quiet, cache)
                 bar.update(1)
-                yield outputs, time.perf_counter() - t0
         finally:
             bar.close()
 
 
-def _ray_cell(cell, ctx, surrogate, cfg) -> Tuple[list, float]:
+def _ray_task(fn: Callable, job: Any, ctx: Any, surrogate: Any, cfg: Any) -> Any:
     """Body of one Ray task (Ray resolves ``ctx`` and ``surrogate`` from the object store)."""
-    from robench.runner import run_cell
-
-    t0 = time.perf_counter()
-    outputs = run_cell(cell, ctx, surrogate, cfg, quiet=True)
-    return outputs, time.perf_counter() - t0
+    return fn(job, ctx, surrogate, cfg, True)
 
 
 class RayExecutor:
-    """Cells as Ray tasks, each with the run's torch thread count in CPUs (and a GPU on CUDA).
+    """Jobs as Ray tasks, each with the run's torch thread count in CPUs (and a GPU on CUDA).
 
     Connects to ``address`` (an existing cluster, e.g. ``ray://head:10001`` or
     ``auto``) or starts a local Ray instance, which :meth:`run` shuts down when
@@ -70,20 +76,22 @@ class RayExecutor:
             except ConnectionError as exc:
                 raise UsageError(f"--ray-address {address}: cannot connect ({exc})") from None
 
-    def run(self, jobs, contexts, surrogate, cfg, quiet: bool) -> Iterator[Tuple[list, float]]:
+    def run(self, fn: Callable, tasks: List[Task], contexts: Dict[str, Any], surrogate: Any, cfg: Any,
+            quiet: bool) -> Iterator[Any]:
         from robench.progress import progress_bar
 
         ray = self.ray
-        bar = progress_bar(total=len(jobs), desc="cells (ray)", unit="cell", disable=quiet)
+        bar = progress_bar(total=len(tasks), desc="cells (ray)", unit="cell", disable=quiet)
         pending: List[Any] = []
         try:
             gpus = 1 if str(cfg.device).startswith("cuda") or _on_cuda(contexts) else 0
-            # A task sets torch to cfg.threads threads (see runner.torch_threads): reserve as many CPUs.
+            # A task sets torch to cfg.threads threads (see devices.torch_threads): reserve as many CPUs.
             cpus = max(1, min(int(cfg.threads or 1), int(ray.cluster_resources().get("CPU", 1))))
-            task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_ray_cell)
-            refs = {path: ray.put(ctx) for path, ctx in contexts.items() if any(p == path for p, _ in jobs)}
+            remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_ray_task)
+            paths = {t.model_path for t in tasks}
+            refs = {path: ray.put(ctx) for path, ctx in contexts.items() if path in paths}
             surrogate_ref = ray.put(surrogate)
-            pending = [task.remote(cell, refs[path], surrogate_ref, cfg) for path, cell in jobs]
+            pending = [remote.remote(fn, t.job, refs[t.model_path], surrogate_ref, cfg) for t in tasks]
             while pending:
                 ready, pending = ray.wait(pending, num_returns=1)
                 bar.update(1)
@@ -95,7 +103,7 @@ class RayExecutor:
             if self.owned:
                 ray.shutdown()
 
-    def _get(self, ref) -> Tuple[list, float]:
+    def _get(self, ref) -> Any:
         try:
             return self.ray.get(ref)
         except self.ray.exceptions.RayTaskError as exc:
@@ -105,11 +113,11 @@ class RayExecutor:
             raise
 
 
-def _on_cuda(contexts) -> bool:
+def _on_cuda(contexts: Dict[str, Any]) -> bool:
     return any(getattr(c.model.device, "type", "cpu") == "cuda" for c in contexts.values())
 
 
-def make_executor(cfg) -> Any:
+def make_executor(cfg: Any) -> Any:
     """The executor a configuration names (``local`` or ``ray``)."""
     if cfg.executor == "local":
         return LocalExecutor()

@@ -11,3 +11,9 @@ def progress_bar(total: int, desc: str = "", unit: str = "it", disable: bool = F
 
     quiet = disable or not sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit=unit, disable=quiet, leave=False, dynamic_ncols=True, **kwargs)
+
+
+def note(message: str, quiet: bool = False) -> None:
+    """One line for the user on stderr (a decision the run made on their behalf); ``quiet`` silences it."""
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)

@@ -184,3 +184,35 @@ def sanity_report(results: pd.DataFrame, contexts: Dict[str, object], seed: int 
         rows += [r for r in extra or [] if r["model"] == name]
     report = pd.DataFrame(rows, columns=["model", "check", "flagged", "evidence"])
     return report.sort_values("model", kind="stable").reset_index(drop=True)  # each model's checks together
+
+
+def run_sanity(run, cfg, contexts: Dict[str, object]) -> pd.DataFrame:
+    """Every check for a finished run, written to its sanity.csv; ``contexts``: path -> ModelContext."""
+    extra = amp_checks(cfg, contexts) if cfg.amp else []
+    named = {c.name: (c.model, c.x, c.y) for c in contexts.values()}
+    report = sanity_report(run.results(), named, seed=cfg.seed, batch_size=cfg.batch_size, extra=extra)
+    run.write_sanity(report)
+    return report
+
+
+def amp_checks(cfg, contexts: Dict[str, object]) -> List[Dict[str, object]]:
+    """Per model, the first planned attack with eps > 0 that runs under autocast, crafted in fp32 and bf16."""
+    from robench.evaluate import amp_agreement
+    from robench.plan import cells_of, plan_cells
+
+    rows = []
+    for ctx in contexts.values():
+        cells = [c for job in plan_cells(cfg, ctx.plan_key()) for c in cells_of(job)]
+        cells = [c for c in cells if c.eps > 0 and _runs_under_amp(c.attack)]
+        if cells:
+            rows.append(amp_agreement(cells[0], ctx, cfg))
+    return rows
+
+
+def _runs_under_amp(attack: str) -> bool:
+    from robench import attacks
+
+    supports = getattr(attacks, "supports", None)
+    if supports is not None:
+        return bool(supports(attack, "amp"))
+    return not attack.startswith(("ta:", "art:"))  # before attacks declared what they support

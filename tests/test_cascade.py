@@ -12,9 +12,14 @@ import json
 import pandas as pd
 import pytest
 
-from robench.runner import AttackConfig, run_attack
+from robench.config import RunConfig
+from robench.runner import run_attack
 
 ATTACKS = ["fgsm", "bim:steps=5", "pgd:steps=5,restarts=2"]
+from robench.schema import parquet_available  # noqa: E402
+
+SAMPLES = "samples.parquet" if parquet_available() else "samples.csv"  # the run's per-sample records
+from robench.rundir import RunDir  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -30,7 +35,7 @@ def ckpt(tmp_path_factory):
 
 
 def grid(ckpt, **extra):
-    return AttackConfig(models=[ckpt], attacks=ATTACKS, eps=[0.1, 0.2], threats=["gray-box"],
+    return RunConfig(models=[ckpt], attacks=ATTACKS, eps=[0.1, 0.2], threats=["gray-box"],
                         detectors=["max-softmax"], n=80, batch_size=32, device="cpu", sanity=False, **extra)
 
 
@@ -50,7 +55,7 @@ def worst_case(samples: pd.DataFrame) -> pd.Series:
 
 def test_cascade_reaches_the_full_grids_worst_case_with_half_the_passes(runs):
     full, cascade = (pd.read_csv(r / "results.csv") for r in runs)
-    full_worst = worst_case(pd.read_csv(runs[0] / "samples.csv"))
+    full_worst = worst_case(RunDir(runs[0]).samples())
     last = cascade[cascade["attack"] == "pgd"].set_index("eps")["robust_acc"]
     assert (full_worst < 0.5).all()  # the regime the cascade is for
     # Per eps, the cascade's last cell is the worst case over all three attacks; its
@@ -79,24 +84,24 @@ def test_a_chain_missing_a_cell_resumes_to_the_same_files(ckpt, runs, tmp_path):
     run = tmp_path / "resumed"
     shutil.copytree(runs[1], run)
     last = pd.read_csv(run / "results.csv")
-    cell = pd.read_csv(run / "samples.csv").query("attack == 'pgd' and eps == 0.2")["cell_id"].iloc[0]
+    cell = RunDir(run).samples().query("attack == 'pgd' and eps == 0.2")["cell_id"].iloc[0]
     shutil.rmtree(run / "cells" / cell)
-    summary = run_attack(grid(ckpt, cascade=True), str(run), quiet=True)
+    summary = run_attack(grid(ckpt, cascade=True), str(run), quiet=True).text()
     assert "1 cells run, 1 cached" in summary  # the one chain with a missing cell
     assert (run / "results.csv").read_bytes() == (runs[1] / "results.csv").read_bytes()
-    assert (run / "samples.csv").read_bytes() == (runs[1] / "samples.csv").read_bytes()
+    assert (run / SAMPLES).read_bytes() == (runs[1] / SAMPLES).read_bytes()
     assert len(last) == 6
 
 
 def test_cascade_under_every_threat_model(ckpt, tmp_path):
     """White-box chains judge a point won when it is misclassified AND unflagged; black-box
     chains transfer only to points the target still classifies correctly."""
-    cfg = AttackConfig(models=[ckpt], attacks=["fgsm", "pgd:steps=4"], eps=[0.15], n=40, batch_size=20,
+    cfg = RunConfig(models=[ckpt], attacks=["fgsm", "pgd:steps=4"], eps=[0.15], n=40, batch_size=20,
                        threats=["gray-box", "white-box", "black-box"], surrogate=ckpt,
                        detectors=["max-softmax"], device="cpu", sanity=False, cascade=True)
     run_attack(cfg, str(tmp_path / "run"), quiet=True)
     results = pd.read_csv(tmp_path / "run" / "results.csv")
-    samples = pd.read_csv(tmp_path / "run" / "samples.csv")
+    samples = RunDir(tmp_path / "run").samples()
     assert len(results) == 6
     for threat, rows in results.groupby("threat"):
         first, last = (rows[rows["attack"] == a].iloc[0] for a in ("fgsm", "pgd"))

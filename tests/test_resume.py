@@ -19,6 +19,9 @@ from robench.cli import cli
 
 # Subprocesses get one torch thread, like the in-process runs below (see one_thread).
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+from robench.schema import parquet_available  # noqa: E402
+
+SAMPLES = "samples.parquet" if parquet_available() else "samples.csv"  # the run's per-sample records
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -82,7 +85,7 @@ def test_same_command_twice_gives_identical_bytes(suite, reference, tmp_path):
     out = tmp_path / "again"
     result = CliRunner().invoke(cli, ["run", str(suite), "--out", str(out), "-q"], catch_exceptions=False)
     assert result.exit_code == 0
-    for name in ("results.csv", "samples.csv", "sanity.csv"):
+    for name in ("results.csv", SAMPLES, "sanity.csv"):
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seeds"] == {"seed": 0} and len(manifest["cell_seeds"]) == 6
@@ -103,7 +106,7 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted(suite, reference, tmp_
                            env=ENV, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{6 - kept} cells run, {kept} cached" in rerun.stdout
-    for name in ("results.csv", "samples.csv"):
+    for name in ("results.csv", SAMPLES):
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     assert not [p for p in out.rglob(".*")], "temporary files left behind"
 
@@ -143,10 +146,11 @@ def test_rerun_reuses_cells_and_cleans_leftovers(suite, reference, tmp_path):
 
 
 def test_global_rng_is_left_alone(suite, tmp_path):
-    from robench.runner import AttackConfig, run_attack
+    from robench.config import RunConfig
+    from robench.runner import run_attack
 
     ckpt = str(suite.parent / "tiny.pt")
-    cfg = AttackConfig(models=[ckpt], attacks=["pgd:steps=3"], eps=[0.1], detectors=["max-softmax"],
+    cfg = RunConfig(models=[ckpt], attacks=["pgd:steps=3"], eps=[0.1], detectors=["max-softmax"],
                        n=10, batch_size=10, device="cpu", sanity=False)
     with torch.random.fork_rng():
         torch.manual_seed(1)
@@ -155,25 +159,28 @@ def test_global_rng_is_left_alone(suite, tmp_path):
         assert torch.equal(torch.random.get_rng_state(), state)
         torch.manual_seed(2)  # another global state: the same numbers
         run_attack(cfg, str(tmp_path / "b"), quiet=True)
-    assert (tmp_path / "a" / "samples.csv").read_bytes() == (tmp_path / "b" / "samples.csv").read_bytes()
+    assert (tmp_path / "a" / SAMPLES).read_bytes() == (tmp_path / "b" / SAMPLES).read_bytes()
 
 
 def test_cell_keys_and_seeds(suite, monkeypatch):
     import robench.attacks
-    from robench.runner import AttackConfig, plan_cells, prepare_model, run_cell
+    from robench.config import RunConfig
+    from robench.evaluate import run_job
+    from robench.plan import plan_cells
+    from robench.prepare import prepare_model
 
     ckpt = str(suite.parent / "tiny.pt")
     base = dict(models=[ckpt], attacks=["pgd:steps=3"], eps=[0.1], detectors=["max-softmax"], n=10,
                 batch_size=10, device="cpu")
-    cfg = AttackConfig(**base)
+    cfg = RunConfig(**base)
     ctx = prepare_model(ckpt, cfg, torch.device("cpu"))
-    ids = lambda **change: [c.cell_id for c in plan_cells(AttackConfig(**{**base, **change}), ctx)]
+    ids = lambda **change: [c.cell_id for c in plan_cells(RunConfig(**{**base, **change}), ctx.plan_key())]
     assert ids() == ids()
     changed = [ids(attacks=["pgd:steps=4"]), ids(eps=[0.2]), ids(seed=1), ids(batch_size=5),
                ids(threats=["white-box"]), ids(arch="small-cnn")]
     assert len({i[0] for i in changed} | set(ids())) == len(changed) + 1
     # A different checkpoint (same path, other bytes) changes every key.
-    other = plan_cells(cfg, type(ctx)(**{**ctx.__dict__, "sha256": "0" * 64}))
+    other = plan_cells(cfg, type(ctx)(**{**ctx.__dict__, "sha256": "0" * 64}).plan_key())
     assert other[0].cell_id != ids()[0]
 
     seen = []
@@ -184,11 +191,10 @@ def test_cell_keys_and_seeds(suite, monkeypatch):
         return original(name, model, eps, **kwargs)
 
     monkeypatch.setattr(robench.attacks, "create_attack", spy)
-    cell = plan_cells(cfg, ctx)[0]
-    x1 = run_cell(cell, ctx, None, cfg, quiet=True)[0][4]
-    robench.evaluate._CRAFTED.clear()  # the in-run cache would hand back x1 without attacking
-    x2 = run_cell(cell, ctx, None, cfg, quiet=True)[0][4]
+    cell = plan_cells(cfg, ctx.plan_key())[0]
+    x1 = run_job(cell, ctx, None, cfg, quiet=True).cells[0].x_adv  # each call: a cache of its own
+    x2 = run_job(cell, ctx, None, cfg, quiet=True).cells[0].x_adv
     reseeded = type(cell)(**{**cell.__dict__, "seed": cell.seed + 1})
-    x3 = run_cell(reseeded, ctx, None, cfg, quiet=True)[0][4]
+    x3 = run_job(reseeded, ctx, None, cfg, quiet=True).cells[0].x_adv
     assert seen == [cell.seed, cell.seed, cell.seed + 1]
     assert torch.equal(x1, x2) and not torch.equal(x1, x3)  # the random start comes from the cell's seed

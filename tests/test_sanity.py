@@ -66,13 +66,14 @@ def flags(report: pd.DataFrame, model: str) -> dict:
 
 def test_planted_gradient_masking_model_is_flagged_in_a_run(trained, masking_arch, tmp_path):
     from robench.checkpoints import save_checkpoint
-    from robench.runner import AttackConfig, run_attack
+    from robench.config import RunConfig
+    from robench.runner import run_attack
 
     masked = save_checkpoint(planted(trained, QuantizedSmallCNN, masking_arch, "masked"), tmp_path / "masked.pt")
     normal = save_checkpoint(trained, tmp_path / "normal.pt")
-    cfg = AttackConfig(models=[str(masked), str(normal)], attacks=["fgsm", "pgd:steps=3"], eps=[0.1, 0.3],
+    cfg = RunConfig(models=[str(masked), str(normal)], attacks=["fgsm", "pgd:steps=3"], eps=[0.1, 0.3],
                        detectors=["none"], n=40, batch_size=40, device="cpu")
-    summary = run_attack(cfg, str(tmp_path / "run"), quiet=True)
+    summary = run_attack(cfg, str(tmp_path / "run"), quiet=True).text()
 
     report = pd.read_csv(tmp_path / "run" / "sanity.csv")
     assert list(report.columns) == ["model", "check", "flagged", "evidence"]

@@ -13,7 +13,8 @@ from robench.attacks import create_attack
 from robench.batching import _cpu_per_sample, auto_batch_size, parse_batch_size
 from robench.cli import cli
 from robench.errors import UsageError
-from robench.runner import AttackConfig, run_attack
+from robench.config import RunConfig
+from robench.runner import run_attack
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -58,8 +59,8 @@ def test_batch_size_auto_run_equals_the_explicit_batch(ckpt, tmp_path, monkeypat
                 device="cpu", sanity=False)
     per_sample = _cpu_per_sample(__import__("robench").load_model(ckpt), (1, 8, 8))
     monkeypatch.setenv("ROBENCH_CPU_MEMORY_GB", str(16 * per_sample / 2**30))
-    run_attack(AttackConfig(**grid, batch_size="auto"), str(tmp_path / "auto"), quiet=True)
-    run_attack(AttackConfig(**grid, batch_size=16), str(tmp_path / "sixteen"), quiet=True)
+    run_attack(RunConfig(**grid, batch_size="auto"), str(tmp_path / "auto"), quiet=True)
+    run_attack(RunConfig(**grid, batch_size=16), str(tmp_path / "sixteen"), quiet=True)
     manifest = json.loads((tmp_path / "auto" / "manifest.json").read_text())
     assert manifest["config"]["batch_size"] == "auto" and manifest["batch_size"] == 16
     assert (tmp_path / "auto" / "results.csv").read_bytes() == (tmp_path / "sixteen" / "results.csv").read_bytes()
@@ -68,8 +69,8 @@ def test_batch_size_auto_run_equals_the_explicit_batch(ckpt, tmp_path, monkeypat
 def test_bf16_autocast_crafts_as_strong_an_attack_and_is_checked(ckpt, tmp_path):
     grid = dict(models=[ckpt], attacks=["pgd:steps=5"], eps=[0.1], detectors=["max-softmax"], n=100,
                 batch_size=50, device="cpu")
-    run_attack(AttackConfig(**grid, amp="bf16"), str(tmp_path / "bf16"), quiet=True)
-    run_attack(AttackConfig(**grid), str(tmp_path / "fp32"), quiet=True)
+    run_attack(RunConfig(**grid, amp="bf16"), str(tmp_path / "bf16"), quiet=True)
+    run_attack(RunConfig(**grid), str(tmp_path / "fp32"), quiet=True)
     import pandas as pd
 
     bf16, fp32 = (pd.read_csv(tmp_path / r / "results.csv").iloc[0] for r in ("bf16", "fp32"))
