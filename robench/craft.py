@@ -93,7 +93,7 @@ def craft(cell: Cell, source: Source, ctx: ModelContext, cfg: RunConfig, cache: 
     chunks, halved = [], []
     masks = active.split(cfg.batch_size) if active is not None else [None] * len(ctx.y.split(cfg.batch_size))
     for xb, yb, mb in zip(ctx.x.split(cfg.batch_size), ctx.y.split(cfg.batch_size), masks):
-        chunks.append(attack_batch(attack, xb, yb, mb, halved, quiet))  # every batch: the streams stay aligned
+        chunks.append(attack_batch(attack, xb, yb, mb, halved))  # every batch: the streams stay aligned
         bar.update(len(yb))
     bar.close()
     passes = int(getattr(attack, "n_forward", 0)) + int(getattr(attack, "n_backward", 0))
@@ -104,7 +104,7 @@ def craft(cell: Cell, source: Source, ctx: ModelContext, cfg: RunConfig, cache: 
 
 
 def attack_batch(attack: Any, x: torch.Tensor, y: torch.Tensor, active: Optional[torch.Tensor],
-                 halved: List[int], quiet: bool) -> torch.Tensor:
+                 halved: List[int]) -> torch.Tensor:
     """One batch; a batch that runs out of GPU memory is split in two and each half retried.
 
     Said once per cell and recorded (``halved``, then the manifest): the halves draw
@@ -123,12 +123,11 @@ def attack_batch(attack: Any, x: torch.Tensor, y: torch.Tensor, active: Optional
     if not halved:
         from robench.progress import note
 
-        note(f"out of GPU memory at a batch of {len(x)}: halving it and retrying (recorded in the manifest)",
-             quiet)
+        note(f"out of GPU memory at a batch of {len(x)}: halving it and retrying (recorded in the manifest)")
     halved.append(len(x))
     half = (len(x) + 1) // 2
     parts = [(slice(0, half)), slice(half, len(x))]
-    return torch.cat([attack_batch(attack, x[p], y[p], None if active is None else active[p], halved, quiet)
+    return torch.cat([attack_batch(attack, x[p], y[p], None if active is None else active[p], halved)
                       for p in parts])
 
 

@@ -13,7 +13,6 @@ def progress_bar(total: int, desc: str = "", unit: str = "it", disable: bool = F
     return tqdm(total=total, desc=desc, unit=unit, disable=quiet, leave=False, dynamic_ncols=True, **kwargs)
 
 
-def note(message: str, quiet: bool = False) -> None:
-    """One line for the user on stderr (a decision the run made on their behalf); ``quiet`` silences it."""
-    if not quiet:
-        print(message, file=sys.stderr, flush=True)
+def note(message: str) -> None:
+    """One line on stderr for a decision made on the user's behalf (shown with --quiet too: it is not progress)."""
+    print(message, file=sys.stderr, flush=True)

@@ -110,7 +110,7 @@ def _run_grid(cfg: RunConfig, run: RunDir, replacing: bool, quiet: bool) -> RunS
             else:
                 tasks.append(Task(path, job))
     run.prune(set(seeds))
-    save = save_adv_decision(cfg, contexts, n_cells, quiet)
+    save = save_adv_decision(cfg, contexts, n_cells)
     run.update_manifest(save_adv=save)
     done, halved = 0, {}
     executor = make_executor(cfg) if tasks else None
@@ -140,7 +140,7 @@ def _finish(cfg: RunConfig, run: RunDir, contexts: Dict[str, Any], started: floa
     return RunSummary(str(run.path), results, done, cached, time.time() - started, sanity)
 
 
-def save_adv_decision(cfg: RunConfig, contexts: Dict[str, Any], n_cells: int, quiet: bool) -> bool:
+def save_adv_decision(cfg: RunConfig, contexts: Dict[str, Any], n_cells: int) -> bool:
     """``--save-adv`` as given, else whether the run's adversarial examples fit the budget."""
     if cfg.save_adv is not None:
         return bool(cfg.save_adv)
@@ -152,7 +152,7 @@ def save_adv_decision(cfg: RunConfig, contexts: Dict[str, Any], n_cells: int, qu
     from robench.progress import note
 
     note(f"not storing adversarial examples: this run's would take up to {need:.1f} GB (more than "
-         f"{budget:g} GB, set by ROBENCH_SAVE_ADV_GB); pass --save-adv to store them", quiet)
+         f"{budget:g} GB, set by ROBENCH_SAVE_ADV_GB); pass --save-adv to store them")
     return False
 
 
