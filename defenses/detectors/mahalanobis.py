@@ -18,7 +18,7 @@ collinear feature dimensions cannot blow the score up. Only the penultimate
 features are used (the paper's single-layer variant, no feature ensemble).
 
 Parameters:
-    noise (0.0): magnitude of the paper's input pre-processing, in pixel units.
+    noise (0.0, in [0, 1]): magnitude of the paper's input pre-processing, in pixel units.
         When > 0, :meth:`score` first moves the input against the gradient of
         the distance, ``x' = clip(x - noise * sign(grad_x score(x)), 0, 1)``,
         and scores ``x'``. It is a fixed hyper-parameter: robench never tunes
@@ -33,13 +33,10 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from robench.defenses.detectors.base import Detector
-from robench.errors import UsageError
-from robench.models import RobustModel
+from robench.params import Range
 
 RCOND = 1e-6  # eigenvalues below RCOND * largest count as zero variance
 
@@ -49,11 +46,8 @@ class Mahalanobis(Detector):
 
     name = "mahalanobis"
     defaults = {"noise": 0.0}
+    ranges = {"noise": Range(float, 0, 1)}  # pixel units: beyond 1 every pixel is already clipped
 
-    def __init__(self, model: RobustModel, **params: Any) -> None:
-        super().__init__(model, **params)
-        if self.params["noise"] < 0:
-            raise UsageError(f"detector {self.name}: noise must be >= 0, got {self.params['noise']}")
 
     def _fit(self, features: torch.Tensor, y: torch.Tensor) -> None:
         f = features.double()
