@@ -160,7 +160,7 @@ def grids(draw):
     return frames(*members)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(grids())
 def test_worst_case_loses_exactly_the_points_some_attack_won(grid):
     results, samples = grid
