@@ -76,9 +76,8 @@ def with_worst_case(run: ReportRun) -> Tuple[pd.DataFrame, str]:
         return results, ""
     if run.samples.empty:
         return results, "no samples.csv, so no worst case over the attacks"
-    seeds = pd.to_numeric(results["seed"], errors="coerce").dropna().unique()
-    try:  # the run's seed, as its cells' bootstrap used
-        rows = worst_case_rows(results, run.samples, int(seeds[0]) if len(seeds) == 1 else 0, cells=run.cells)
+    try:
+        rows = worst_case_rows(results, run.samples, cells=run.cells)
     except RobenchError as exc:
         return results, str(exc)
     have = {tuple(_key(r[c]) for c in GROUP_COLUMNS) for _, r in results[results["attack"] == WORST_CASE].iterrows()}

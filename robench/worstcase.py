@@ -50,7 +50,7 @@ def bounded(results: pd.DataFrame) -> pd.Series:
     return (eps > 0) & norm.isin(BOUNDED_NORMS) & (results["attack"] != WORST_CASE)
 
 
-def worst_case_rows(results: pd.DataFrame, samples: pd.DataFrame, seed: int = 0, *,
+def worst_case_rows(results: pd.DataFrame, samples: pd.DataFrame, seed: Optional[int] = None, *,
                     cells: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """One ``worst-case`` row per group of bounded results rows (rule in the module docstring).
 
@@ -58,7 +58,8 @@ def worst_case_rows(results: pd.DataFrame, samples: pd.DataFrame, seed: int = 0,
         results: results rows (RESULT_COLUMNS); with a ``cell_id`` column when known
             (``RunDir.finalize`` has it from the cell folders).
         samples: the per-sample records of those cells (SAMPLE_COLUMNS, ``cell_id`` included).
-        seed: seed of the bootstrap intervals (the run's ``--seed``, as the cells use).
+        seed: seed of the bootstrap intervals; None: each group's own ``seed`` column (the
+            run's ``--seed``, which its cells' intervals used), else 0.
         cells: ``RunDir.cells()`` (cell_id and the id columns), to find a results row's cell
             when ``results`` has no ``cell_id``; without either, rows are matched to samples
             on (model, attack, eps, threat, detector).
@@ -105,7 +106,7 @@ def cell_ids_of(results: pd.DataFrame, samples: pd.DataFrame,
     return out
 
 
-def _worst_case(members: pd.DataFrame, by_cell: Dict[str, pd.DataFrame], seed: int) -> Dict[str, Any]:
+def _worst_case(members: pd.DataFrame, by_cell: Dict[str, pd.DataFrame], seed: Optional[int]) -> Dict[str, Any]:
     """The worst-case row of one group (members already in tie-break order)."""
     parts = []
     for rank, (_, member) in enumerate(members.iterrows()):
@@ -119,7 +120,8 @@ def _worst_case(members: pd.DataFrame, by_cell: Dict[str, pd.DataFrame], seed: i
     row: Dict[str, Any] = {c: first[c] for c in GROUP_COLUMNS}
     row.update(attack=WORST_CASE, objective="", cascade_after="",
                attack_params=";".join(sorted(_spec(m) for _, m in members.iterrows())))
-    row.update(_metrics(chosen, members, seed))
+    own = _number(first["seed"])
+    row.update(_metrics(chosen, members, seed if seed is not None else int(own) if math.isfinite(own) else 0))
     passes = _numbers(members, "passes_per_sample")
     row["passes_per_sample"] = float(passes.sum()) if passes.notna().all() else math.nan
     row["objective_wins"] = _wins(chosen, members)
@@ -133,9 +135,12 @@ def choose_worst(records: pd.DataFrame) -> pd.DataFrame:
         records: the members' sample records, with ``_member`` (0 = first in tie-break order).
 
     Returns:
-        One record per index, sorted by index, ``_member`` saying whose it is.
+        One record per index, in the order the points first appear (the first member's
+        order, so a bootstrap over them resamples as that cell's did), ``_member`` saying
+        whose it is.
     """
     records = records.reset_index(drop=True)
+    first_seen = {i: k for k, i in enumerate(records["index"].drop_duplicates())}
     key = pd.DataFrame({
         "index": records["index"],
         "right": records["adv_pred"].to_numpy() == records["label"].to_numpy(),
@@ -143,7 +148,8 @@ def choose_worst(records: pd.DataFrame) -> pd.DataFrame:
         "score": pd.to_numeric(records["adv_score"], errors="coerce").fillna(np.inf),
         "member": records["_member"],
     })
-    order = key.sort_values(["index", "right", "score", "member"], kind="mergesort").index
+    key["seen"] = records["index"].map(first_seen)
+    order = key.sort_values(["seen", "right", "score", "member"], kind="mergesort").index
     return records.loc[order].drop_duplicates("index", keep="first").reset_index(drop=True)
 
 

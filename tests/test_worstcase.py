@@ -207,3 +207,19 @@ def test_problems_name_members_on_different_points():
     assert worst_case_problems(orphan) == [
         "gm white-box Linf eps 0.4 detector gm-likelihood: a worst-case row without any bounded attack "
         "of that budget"]
+
+
+def test_a_lone_attack_is_its_own_worst_case_intervals_included():
+    rng = np.random.default_rng(3)
+    label = rng.integers(0, 3, 40)
+    adv = np.where(rng.random(40) < 0.5, (label + 1) % 3, label)
+    one = member("pgd", label, label, adv, rng.normal(1, 1, 40), clean_score=rng.normal(0, 1, 40))
+    results, samples = frames(one)
+    samples = samples.sample(frac=1.0, random_state=0)  # the cell's own order, not sorted by index
+    results = results.assign(cell_id=samples["cell_id"].iloc[0])
+    row = worst_case_rows(results, samples).iloc[0]
+    reference = cell_metrics(samples["label"], samples["clean_pred"], samples["adv_pred"], samples["clean_score"],
+                             samples["adv_score"], {0.01: T1, 0.05: T5}, samples["linf"], samples["l2"])
+    for col in ("robust_acc", "robust_acc_lo", "robust_acc_hi", "auc", "auc_lo", "auc_hi", "det_robust_acc_fpr1",
+                "det_robust_acc_fpr5", "tpr_at_fpr5", "aupr", "median_l2"):
+        assert row[col] == pytest.approx(reference[col]), col
