@@ -48,10 +48,11 @@ def craft(cell, model, x: torch.Tensor, y: torch.Tensor, cfg, quiet: bool,
     # the model and inputs themselves, so a recycled id() can never match a stale entry.
     if hit is not None and hit[0] is model and hit[1] is x and hit[2] is detector:
         return hit[3]
-    attack = create_attack(cell.attack, model, eps=cell.eps, **kwargs)
-    attack.cascade = bool(getattr(cfg, "cascade", False))
-    attack.amp = torch.bfloat16 if getattr(cfg, "amp", None) == "bf16" else None
-    attack.compile = bool(getattr(cfg, "compile", False))
+    from robench.attacks import Runtime
+
+    runtime = Runtime(amp=getattr(cfg, "amp", None), compile=bool(getattr(cfg, "compile", False)),
+                      cascade=bool(getattr(cfg, "cascade", False)))
+    attack = create_attack(cell.attack, model, eps=cell.eps, runtime=runtime, **kwargs)
     label = f"{cell.attack} eps={cell.eps:g} {cell.threat.value}" + (f" {objective}" if objective else "")
     bar = progress_bar(total=len(y), desc=label, unit="img", disable=quiet)
     chunks = []

@@ -154,6 +154,16 @@ class Detector:
         """
         raise NotImplementedError
 
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """The detector's own input step before scoring (identity: returns ``x`` itself).
+
+        :meth:`score` scores ``preprocess(x)``. A step that is not differentiable
+        (or not meant to be) is attacked through a straight-through estimate of it
+        (BPDA: ``x + (preprocess(x) - x).detach()``), so white-box attacks optimise
+        the function :meth:`score` really computes; see :mod:`robench.attacks.adaptive`.
+        """
+        return x
+
     def flag(self, scores: torch.Tensor, fpr: float) -> torch.Tensor:
         """Boolean mask of scores above the threshold calibrated for ``fpr``."""
         return torch.as_tensor(scores) > self.threshold(fpr)
