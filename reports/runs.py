@@ -72,15 +72,16 @@ def with_worst_case(run: ReportRun) -> Tuple[pd.DataFrame, str]:
     from robench.worstcase import GROUP_COLUMNS, WORST_CASE, bounded, worst_case_rows
 
     results = run.results
+    given = results[results["attack"] == WORST_CASE]
     if not bounded(results).any():
         return results, ""
-    if run.samples.empty:
-        return results, "no samples.csv, so no worst case over the attacks"
-    try:
+    try:  # without records to compute from, results.csv's own rows (if any) stand alone
+        if run.samples.empty:
+            raise RobenchError("no samples.csv, so no worst case over the attacks")
         rows = worst_case_rows(results, run.samples, cells=run.cells)
     except RobenchError as exc:
-        return results, str(exc)
-    have = {tuple(_key(r[c]) for c in GROUP_COLUMNS) for _, r in results[results["attack"] == WORST_CASE].iterrows()}
+        return results, "" if len(given) else str(exc)
+    have = {tuple(_key(r[c]) for c in GROUP_COLUMNS) for _, r in given.iterrows()}
     new = rows[[tuple(_key(r[c]) for c in GROUP_COLUMNS) not in have for _, r in rows.iterrows()]]
     return (pd.concat([results, new], ignore_index=True) if len(new) else results), ""
 
