@@ -7,8 +7,17 @@ passed when the class takes one.
 
 Randomness: the libraries draw from the global torch / numpy generators, so
 each call runs inside a forked torch RNG and a saved-and-restored numpy state,
-seeded with ``seed + call index``: reproducible, and the caller's global RNG is
-left exactly as it was.
+seeded with ``seed + call index - 1`` (the call index is the base class's, advanced
+once by every call, empty or not): reproducible, and the caller's global RNG is
+left exactly as it was. A library draws for the whole batch it is given, so
+attacking only some rows (``active=``, the cascade) would change every row's
+draws; an adapter therefore runs the library on the full batch and keeps the
+active rows (``full_batch``). A point gets the same example with and without
+the cascade, at the price of attacking rows that are already won.
+
+Runtime options: ``cascade`` is accepted (the library's own restarts are its
+business); ``amp`` and ``compile`` are refused in one line, since the library
+runs its own forward passes and robench cannot put them under autocast or compile them.
 
 Examples::
     >>> attack = create_attack("ta:APGD", model, eps=0.3, steps=20)
@@ -26,8 +35,10 @@ import numpy as np
 import torch
 
 from robench.attacks.base import Attack
-from robench.attacks.params import check_eps, check_number
+from robench.attacks.params import check_eps
+from robench.attacks.runtime import PLAIN, Runtime
 from robench.errors import UnknownNameError, UsageError
+from robench.params import check_known, check_number
 
 _NORM_NAMES = {"linf": "Linf", "inf": "Linf", "l2": "L2", "2": "L2", "l1": "L1", "1": "L1"}
 
@@ -45,6 +56,9 @@ class LibraryFamily(Attack):
     """Shared adapter logic; subclasses name the library and build its attack."""
 
     is_family: ClassVar[bool] = True
+    supports: ClassVar[frozenset] = frozenset({"cascade"})
+    unsupported_why: ClassVar[str] = "the library runs its own forward passes"
+    full_batch: ClassVar[bool] = True
     family: ClassVar[str] = ""
     example: ClassVar[str] = ""
     # Classes whose eps is not called "eps", and eps-taking classes without a norm argument.
@@ -53,15 +67,12 @@ class LibraryFamily(Attack):
     other_norms: ClassVar[frozenset] = frozenset()  # classes whose norm may be one we cannot check
 
     def __init__(self, model: torch.nn.Module, eps: Optional[float], member: str, seed: int = 0,
-                 **kwargs: Any) -> None:
+                 runtime: Runtime = PLAIN, **kwargs: Any) -> None:
         cls = self.resolve(member)
         self.member = cls.__name__
         self.name = f"{self.family}:{self.member}"  # instance attribute: one class, many names
         params = self._signature(cls)
-        unknown = sorted(set(kwargs) - set(params))
-        if unknown:
-            raise UsageError(f"{self.name}: unknown argument(s) {', '.join(unknown)} "
-                             f"(known: {', '.join(params) or 'none'})")
+        check_known(self.name, kwargs, list(params))
         eps_name = self.eps_names.get(self.member, "eps")
         takes_eps = eps_name in params
         self.norm = self._norm(params, kwargs) if takes_eps else None
@@ -70,9 +81,8 @@ class LibraryFamily(Attack):
             eps = (check_eps(self.name, eps, self.norm, model) if self.norm
                    else check_number(self.name, "eps", eps, 0.0))
             kwargs[eps_name] = eps
-        super().__init__(model, eps if takes_eps and self.norm else None, seed)
+        super().__init__(model, eps if takes_eps and self.norm else None, seed, runtime)
         self.kwargs = self._defaults(params, kwargs)
-        self._calls = 0
         try:
             with self._seeded(self.seed):  # some constructors draw random numbers
                 self.attack = self._build(cls, self.kwargs)
@@ -101,6 +111,12 @@ class LibraryFamily(Attack):
 
     # -- shared -----------------------------------------------------------------
     @classmethod
+    def arguments(cls, member: str) -> List[str]:  # type: ignore[override]
+        """The keyword arguments of the library class ``member``, and ``seed``."""
+        names = list(cls._signature(cls.resolve(member)))
+        return names + ([] if "seed" in names else ["seed"])
+
+    @classmethod
     def resolve(cls, member: str) -> type:
         """The class named ``member`` (case-insensitive), or UnknownNameError with near names."""
         names = cls.members()
@@ -120,16 +136,29 @@ class LibraryFamily(Attack):
                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
     def _norm(self, params: Dict[str, Any], kwargs: Dict[str, Any]) -> Optional[str]:
+        return self._member_norm(self.member, params, kwargs)
+
+    @classmethod
+    def _member_norm(cls, member: str, params: Dict[str, Any], kwargs: Dict[str, Any]) -> Optional[str]:
         if "norm" not in params:
-            return "L2" if self.member in self.l2_classes else "Linf"
+            return "L2" if member in cls.l2_classes else "Linf"
         value = kwargs.get("norm", params["norm"])
         norm = norm_name(value)
-        if norm is None and self.member not in self.other_norms:
-            raise UsageError(f"{self.name}: unknown norm {value!r} (known: Linf, L2, L1)")
+        if norm is None and member not in cls.other_norms:
+            raise UsageError(f"{cls.family}:{member}: unknown norm {value!r} (known: Linf, L2, L1)")
         return norm
 
+    @classmethod
+    def norm_of(cls, member: str, kwargs: Dict[str, Any]) -> Optional[str]:
+        """The distance ``family:member`` with ``kwargs`` measures its budget in (None: no budget),
+        so its results rows join the worst case of their norm like a native attack's."""
+        klass = cls.resolve(member)
+        params = cls._signature(klass)
+        if cls.eps_names.get(klass.__name__, "eps") not in params:
+            return None
+        return cls._member_norm(klass.__name__, params, kwargs)
+
     def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self._calls += 1
         with self._counting(), self._seeded(self.seed + self._calls - 1):
             return self._generate(x, y)
 

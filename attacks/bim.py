@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 import torch
 
 from robench.attacks.pgd import PGD
+from robench.params import Range
 
 
 class BIM(PGD):
@@ -20,9 +21,10 @@ class BIM(PGD):
         eps (float): maximum perturbation, in [0, 1].
         steps (int): number of steps. (Default: 10)
         step_size (float): step per iteration. (Default: 2.5 * eps / steps)
-        objective (str): "ce", "margin", "lkd" or "joint". (Default: "ce")
+        objective (str): "ce", "margin", "dlr", "lkd" or "joint". (Default: "ce")
         seed (int): recorded only; BIM is deterministic. (Default: 0)
-        **objective_options: ``detector``, ``fpr``, ``detector_weight`` for "joint".
+        **options: ``targets``, ``eot``, ``update``, ``runtime`` and the joint
+            objective's ``detector``, ``fpr``, ``detector_weight`` (see GradientAttack).
 
     Shape:
         - x: (N, C, H, W) in [0, 1]; y: (N,) labels; output: (N, C, H, W).
@@ -33,12 +35,13 @@ class BIM(PGD):
     """
 
     name = "bim"
+    ranges: ClassVar[Dict[str, Range]] = {k: v for k, v in PGD.ranges.items() if k != "restarts"}
 
     def __init__(self, model: torch.nn.Module, eps: float, steps: int = 10,
                  step_size: Optional[float] = None, objective: str = "ce", seed: int = 0,
-                 **objective_options: Any) -> None:
-        self._check_options(objective_options)  # before PGD sees a second random_start
+                 **options: Any) -> None:
+        self._check_options(options)  # before PGD sees a second random_start
         super().__init__(model, eps, steps=steps, step_size=step_size, random_start=False,
-                         restarts=1, objective=objective, seed=seed, **objective_options)
+                         restarts=1, objective=objective, seed=seed, **options)
         for fixed in ("random_start", "restarts"):
             del self.params[fixed]

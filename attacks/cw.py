@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import ClassVar, Dict, Optional
 
 import torch
 
 from robench.attacks.base import Attack
 from robench.attacks.objectives import true_and_best_other
-from robench.attacks.params import check_bool, check_int, check_number
+from robench.attacks.runtime import PLAIN, Runtime
+from robench.params import Range, check_number
 
 _NO_UPPER = 1e10  # "no successful c yet" in the binary search
 
@@ -43,6 +44,7 @@ class CWL2(Attack):
         initial_const (float): first c. (Default: 0.1)
         abort_early (bool): per-sample early abort on stalled loss. (Default: True)
         seed (int): recorded only; CW-L2 is deterministic. (Default: 0)
+        runtime (Runtime): amp / compile / cascade. (Default: none of them)
 
     Shape:
         - x: (N, C, H, W) in [0, 1]; y: (N,) labels; output: (N, C, H, W).
@@ -54,24 +56,22 @@ class CWL2(Attack):
 
     name = "cw-l2"
     norm = "L2"
+    ranges: ClassVar[Dict[str, Range]] = {
+        **Attack.ranges, "binary_search_steps": Range(int, 1), "steps": Range(int, 1),
+        "lr": Range(float, 0.0, low_open=True), "confidence": Range(float, 0.0),
+        "initial_const": Range(float, 0.0, low_open=True)}
 
     def __init__(self, model: torch.nn.Module, eps: Optional[float] = None,
                  binary_search_steps: int = 9, steps: int = 100, lr: float = 0.1,
                  confidence: float = 0.0, initial_const: float = 0.1, abort_early: bool = True,
-                 seed: int = 0) -> None:
-        if eps is not None:
+                 seed: int = 0, runtime: Runtime = PLAIN) -> None:
+        if eps is not None:  # any finite number: <= 0 means unbounded, > 0 is checked as an L2 budget
             eps = check_number(self.name, "eps", eps)
-        super().__init__(model, eps if eps is not None and eps > 0 else None, seed)
+        super().__init__(model, eps if eps is not None and eps > 0 else None, seed, runtime)
         self.objective = "margin"
-        self.binary_search_steps = check_int(self.name, "binary_search_steps", binary_search_steps)
-        self.steps = check_int(self.name, "steps", steps)
-        self.lr = check_number(self.name, "lr", lr, 0.0, strict=True)
-        self.confidence = check_number(self.name, "confidence", confidence, 0.0)
-        self.initial_const = check_number(self.name, "initial_const", initial_const, 0.0, strict=True)
-        self.abort_early = check_bool(self.name, "abort_early", abort_early)
-        self.params.update(objective="margin", binary_search_steps=self.binary_search_steps,
-                           steps=self.steps, lr=self.lr, confidence=self.confidence,
-                           initial_const=self.initial_const, abort_early=self.abort_early)
+        self.params["objective"] = "margin"
+        self._set(binary_search_steps=binary_search_steps, steps=steps, lr=lr, confidence=confidence,
+                  initial_const=initial_const, abort_early=abort_early)
 
     def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         n = len(x)

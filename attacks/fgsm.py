@@ -18,9 +18,10 @@ class FGSM(GradientAttack):
     Arguments:
         model (RobustModel): model to attack (inputs in [0, 1]).
         eps (float): maximum perturbation, in [0, 1].
-        objective (str): "ce", "margin", "lkd" or "joint". (Default: "ce")
+        objective (str): "ce", "margin", "dlr", "lkd" or "joint". (Default: "ce")
         seed (int): recorded only; FGSM is deterministic. (Default: 0)
-        **objective_options: ``detector``, ``fpr``, ``detector_weight`` for "joint".
+        **options: ``targets``, ``eot``, ``update``, ``runtime`` and the joint
+            objective's ``detector``, ``fpr``, ``detector_weight`` (see GradientAttack).
 
     Shape:
         - x: (N, C, H, W) in [0, 1]; y: (N,) labels; output: (N, C, H, W).
@@ -34,10 +35,13 @@ class FGSM(GradientAttack):
     norm = "Linf"
 
     def __init__(self, model: torch.nn.Module, eps: float, objective: str = "ce", seed: int = 0,
-                 **objective_options: Any) -> None:
-        super().__init__(model, eps, objective, seed, **objective_options)
+                 **options: Any) -> None:
+        super().__init__(model, eps, objective, seed, **options)
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _attack(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._best_of(self._step, x, y, 1)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x_adv = x.clone()
         grad = self._gradient(x_adv, y)
         with torch.no_grad():

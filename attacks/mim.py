@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 import torch
 
 from robench.attacks.base import GradientAttack
-from robench.attacks.params import check_int, check_number, default_step
+from robench.attacks.params import default_step
+from robench.params import Range
 
 
 class MIM(GradientAttack):
@@ -22,9 +23,10 @@ class MIM(GradientAttack):
         steps (int): number of iterations. (Default: 10, as in the paper)
         step_size (float): step per iteration. (Default: eps / steps, as in the paper)
         decay (float): momentum factor mu. (Default: 1.0)
-        objective (str): "ce", "margin", "lkd" or "joint". (Default: "ce")
+        objective (str): "ce", "margin", "dlr", "lkd" or "joint". (Default: "ce")
         seed (int): recorded only; MIM is deterministic. (Default: 0)
-        **objective_options: ``detector``, ``fpr``, ``detector_weight`` for "joint".
+        **options: ``targets``, ``eot``, ``update``, ``runtime`` and the joint
+            objective's ``detector``, ``fpr``, ``detector_weight`` (see GradientAttack).
 
     Shape:
         - x: (N, C, H, W) in [0, 1]; y: (N,) labels; output: (N, C, H, W).
@@ -36,17 +38,21 @@ class MIM(GradientAttack):
 
     name = "mim"
     norm = "Linf"
+    ranges: ClassVar[Dict[str, Range]] = {**GradientAttack.ranges, "steps": Range(int, 1),
+                                          "step_size": Range(float, 0.0, low_open=True, optional=True),
+                                          "decay": Range(float, 0.0)}
 
     def __init__(self, model: torch.nn.Module, eps: float, steps: int = 10,
                  step_size: Optional[float] = None, decay: float = 1.0, objective: str = "ce",
-                 seed: int = 0, **objective_options: Any) -> None:
-        super().__init__(model, eps, objective, seed, **objective_options)
-        self.steps = check_int(self.name, "steps", steps)
-        self.step_size = default_step(step_size, self.eps, self.steps, 1.0, self.name)
-        self.decay = check_number(self.name, "decay", decay, 0.0)
-        self.params.update(steps=self.steps, step_size=self.step_size, decay=self.decay)
+                 seed: int = 0, **options: Any) -> None:
+        super().__init__(model, eps, objective, seed, **options)
+        self._set(steps=steps, step_size=step_size, decay=decay)
+        self._set(step_size=default_step(self.step_size, self.eps, self.steps, 1.0))
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _attack(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._best_of(self._attempt, x, y, 1)
+
+    def _attempt(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         lower = (x - self.eps).clamp_(min=0.0)
         upper = (x + self.eps).clamp_(max=1.0)
         x_adv = x.clone()

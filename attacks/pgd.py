@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, ClassVar, Dict, Optional
 
 import torch
 
 from robench.attacks.base import GradientAttack
-from robench.attacks.params import check_bool, check_int, default_step
+from robench.attacks.params import default_step
+from robench.params import Range
 
 
 class PGD(GradientAttack):
@@ -25,9 +26,10 @@ class PGD(GradientAttack):
         random_start (bool): start at a uniform point of the ball. (Default: True)
         restarts (int): independent runs; per sample the one with the highest
             final objective is kept. (Default: 1)
-        objective (str): "ce", "margin", "lkd" or "joint". (Default: "ce")
+        objective (str): "ce", "margin", "dlr", "lkd" or "joint". (Default: "ce")
         seed (int): seed of the attack's own generator. (Default: 0)
-        **objective_options: ``detector``, ``fpr``, ``detector_weight`` for "joint".
+        **options: ``targets``, ``eot``, ``update``, ``runtime`` and the joint
+            objective's ``detector``, ``fpr``, ``detector_weight`` (see GradientAttack).
 
     Shape:
         - x: (N, C, H, W) in [0, 1]; y: (N,) labels; output: (N, C, H, W).
@@ -39,19 +41,18 @@ class PGD(GradientAttack):
 
     name = "pgd"
     norm = "Linf"
+    ranges: ClassVar[Dict[str, Range]] = {**GradientAttack.ranges, "steps": Range(int, 1),
+                                          "step_size": Range(float, 0.0, low_open=True, optional=True),
+                                          "restarts": Range(int, 1)}
 
     def __init__(self, model: torch.nn.Module, eps: float, steps: int = 20,
                  step_size: Optional[float] = None, random_start: bool = True, restarts: int = 1,
-                 objective: str = "ce", seed: int = 0, **objective_options: Any) -> None:
-        super().__init__(model, eps, objective, seed, **objective_options)
-        self.steps = check_int(self.name, "steps", steps)
-        self.step_size = default_step(step_size, self.eps, self.steps, 2.5, self.name)
-        self.random_start = check_bool(self.name, "random_start", random_start)
-        self.restarts = check_int(self.name, "restarts", restarts)
-        self.params.update(steps=self.steps, step_size=self.step_size,
-                           random_start=self.random_start, restarts=self.restarts)
+                 objective: str = "ce", seed: int = 0, **options: Any) -> None:
+        super().__init__(model, eps, objective, seed, **options)
+        self._set(steps=steps, step_size=step_size, random_start=random_start, restarts=restarts)
+        self._set(step_size=default_step(self.step_size, self.eps, self.steps, 2.5))
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _attack(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._best_of(self._attempt, x, y, self.restarts)
 
     def _attempt(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from robench.defenses.adversarial import PresetDefense
+from robench.params import Range
 
 
 class DisentangledDecoder(nn.Module):
@@ -84,14 +85,12 @@ class DDAR(PresetDefense):
     defaults: ClassVar[Dict[str, Any]] = {
         "preset": "default", "recon_weight": 1.0, "smooth_weight": 0.1, "warp_weight": 0.1,
         "template_weight": 0.1, "appearance_dim": 16, "geometry_dim": 8, "hidden": 256, "field_size": 4}
+    ranges: ClassVar[Dict[str, Range]] = {
+        **{k: Range(float, 0) for k in ("recon_weight", "smooth_weight", "warp_weight", "template_weight")},
+        **{k: Range(int, 1) for k in ("appearance_dim", "geometry_dim", "hidden")},
+        "field_size": Range(int, 2)}  # a 1x1 field is a translation the affine part already has
     presets = {"default": {}, "quick": {}}
 
-    def validate(self) -> None:
-        for key in ("recon_weight", "smooth_weight", "warp_weight", "template_weight"):
-            self.require(key, lambda v: v >= 0, ">= 0")
-        for key in ("appearance_dim", "geometry_dim", "hidden"):
-            self.require_int(key, 1)
-        self.require_int("field_size", 2)
 
     def setup(self, model: nn.Module, num_classes: int, input_shape: Tuple[int, ...]) -> List[nn.Module]:
         p = self.params

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from robench.defenses.base import Defense
+from robench.params import Range
 
 
 class GaussianMixture(Defense):
@@ -48,6 +49,8 @@ class GaussianMixture(Defense):
     name = "gm"
     head = "gm"
     defaults = {"alpha": 1.0, "lam": 0.1, "ramp_epochs": 5, "head_lr_mult": 20.0}
+    ranges = {"alpha": Range(float, 0), "lam": Range(float, 0), "ramp_epochs": Range(float, 0),
+              "head_lr_mult": Range(float, 0, low_open=True)}
 
     @classmethod
     def default_params(cls, dataset: str) -> Dict[str, Any]:

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from robench.defenses.adversarial import AdversarialDefense
+from robench.params import Range
 
 
 class ClassCentres(nn.Module):
@@ -71,6 +72,8 @@ class I2FR(AdversarialDefense):
     Hyper-parameters (defaults MNIST-like; CIFAR takes eps 8/255, 7 steps of 2/255):
         preset: ``default`` or ``quick`` (7 steps of 2.5 * eps / 7), as for pgd-at.
         eps, step, steps: the Linf PGD of generation, 0.3, 0.01, 40.
+        warmup_epochs: epochs over which generation's eps (and step) rise
+            linearly from 0, as for pgd-at, 1.
         intra_weight: 1.0.  inter_weight: 1.0.
         margin: on ``d`` (0 to 4; 1.0 means cosine below 0.5), 1.0.
         momentum: of the class centres, 0.9.
@@ -83,14 +86,10 @@ class I2FR(AdversarialDefense):
     defaults: ClassVar[Dict[str, Any]] = {**AdversarialDefense.defaults, "intra_weight": 1.0,
                                           "inter_weight": 1.0, "margin": 1.0, "momentum": 0.9,
                                           "ramp_epochs": 2.0, "clean_weight": 0.0}
-
-    def validate(self) -> None:
-        super().validate()
-        for key in ("intra_weight", "inter_weight", "clean_weight"):
-            self.require(key, lambda v: v >= 0, ">= 0")
-        self.require("margin", lambda v: 0 <= v <= 4, "in [0, 4]")
-        self.require("momentum", lambda v: 0 <= v < 1, "in [0, 1)")
-        self.require("ramp_epochs", lambda v: v >= 0, ">= 0")
+    ranges: ClassVar[Dict[str, Range]] = {
+        **AdversarialDefense.ranges, "intra_weight": Range(float, 0), "inter_weight": Range(float, 0),
+        "margin": Range(float, 0, 4), "momentum": Range(float, 0, 1, high_open=True),
+        "ramp_epochs": Range(float, 0), "clean_weight": Range(float, 0)}
 
     def setup(self, model: nn.Module, num_classes: int, input_shape: Tuple[int, ...]) -> List[nn.Module]:
         self.centres = ClassCentres(num_classes, model.info.feature_dim, self.params["momentum"])
@@ -120,7 +119,7 @@ class I2FR(AdversarialDefense):
         self.centres.update(F.normalize(f.detach(), dim=1), y)
         f_ref = f.detach()
         x_adv = self.perturb(model, x, lambda xa: self.total(self.terms(*model.features_and_logits(xa), f_ref, y),
-                                                             ramp))
+                                                             ramp), progress)
         f_adv, logits = model.features_and_logits(x_adv)
         terms = self.terms(f_adv, logits, f, y)
         loss = self.total(terms, ramp)

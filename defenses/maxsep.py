@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from robench.defenses.adversarial import PresetDefense
+from robench.params import Range
 from robench.errors import UsageError
 
 
@@ -103,14 +104,11 @@ class MaximalSeparation(PresetDefense):
     head = "linear"
     defaults: ClassVar[Dict[str, Any]] = {"preset": "default", "cluster_weight": 0.8, "separation_weight": 0.8,
                                           "margin": 0.3, "latent_dim": 32, "per_class": 2}
+    ranges: ClassVar[Dict[str, Range]] = {
+        "cluster_weight": Range(float, 0), "separation_weight": Range(float, 0), "margin": Range(float, 0, 1),
+        "latent_dim": Range(int, 1), "per_class": Range(int, 1)}
     presets = {"default": {}, "quick": {"per_class": 1}, "paper": {"per_class": 10, "latent_dim": 128}}
 
-    def validate(self) -> None:
-        for key in ("cluster_weight", "separation_weight"):
-            self.require(key, lambda v: v >= 0, ">= 0")
-        self.require("margin", lambda v: 0 <= v <= 1, "in [0, 1]")
-        self.require_int("latent_dim", 1)
-        self.require_int("per_class", 1)
 
     def setup(self, model: nn.Module, num_classes: int, input_shape: Tuple[int, ...]) -> List[nn.Module]:
         if not callable(getattr(model.net, "feature_maps", None)):

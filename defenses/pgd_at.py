@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from robench.defenses.adversarial import AdversarialDefense
+from robench.params import Range
 
 
 class PGDAdversarialTraining(AdversarialDefense):
@@ -30,6 +31,10 @@ class PGDAdversarialTraining(AdversarialDefense):
         eps: Linf radius in pixel space, 0.3 / 8/255.
         step: step size, 0.01 / 2/255.
         steps: PGD steps, 40 / 7.
+        warmup_epochs: epochs over which the training eps (and step) rise
+            linearly from 0, batch by batch, 1 (see
+            :class:`~robench.defenses.adversarial.AdversarialDefense`; 0: full eps
+            from the first batch).
         clean_weight: weight of the clean loss, 0 (the paper trains on adversarial examples only).
 
     Example::
@@ -40,14 +45,11 @@ class PGDAdversarialTraining(AdversarialDefense):
     name = "pgd-at"
     head = "linear"
     defaults: ClassVar[Dict[str, Any]] = {**AdversarialDefense.defaults, "clean_weight": 0.0}
-
-    def validate(self) -> None:
-        super().validate()
-        self.require("clean_weight", lambda v: 0 <= v <= 1, "in [0, 1]")
+    ranges: ClassVar[Dict[str, Range]] = {**AdversarialDefense.ranges, "clean_weight": Range(float, 0, 1)}
 
     def loss(self, model, x: torch.Tensor, y: torch.Tensor,
              progress: float) -> Tuple[torch.Tensor, Dict[str, float]]:
-        x_adv = self.perturb(model, x, lambda xa: F.cross_entropy(model(xa), y))
+        x_adv = self.perturb(model, x, lambda xa: F.cross_entropy(model(xa), y), progress)
         logits = model(x_adv)
         adv = F.cross_entropy(logits, y)
         logs = {"adv_ce": adv.item(), "adv_acc": (logits.argmax(1) == y).float().mean().item()}

@@ -10,7 +10,8 @@ from typing import Mapping, Optional, Sequence
 
 from robench.errors import RobenchError
 
-from robench.reports.page import render_index
+from robench.reports.leaderboard import write_leaderboard
+from robench.reports.page import render_index, report_title, run_pages
 from robench.reports.plots import all_plots
 from robench.reports.runs import load_runs
 from robench.reports.tables import tidy_metrics, write_tables
@@ -20,9 +21,11 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                  feature_cells: Optional[Mapping[str, str]] = None) -> Path:
     """Build the report of one or more run directories.
 
-    Writes ``metrics.csv``, ``table_<threat>.csv`` / ``.md``, ``plots/*.png`` and a
-    self-contained ``index.html`` into ``out_dir``. Everything is built in a hidden
-    staging folder first, so a failure leaves no half-written report behind.
+    Writes ``metrics.csv`` (the results with a ``worst-case`` row per budget, computed
+    from the per-sample records when results.csv lacks them), ``headline.csv`` / ``.md``,
+    ``table_<threat>.csv`` / ``.md`` / ``.tex``, ``leaderboard.csv`` / ``.html``,
+    ``plots/*.png`` and a self-contained ``index.html`` into ``out_dir``. Everything is
+    built in a hidden staging folder first, so a failure leaves no half-written report.
 
     Args:
         run_dirs: finished run directories (``robench attack --out``).
@@ -45,9 +48,10 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     stage = Path(tempfile.mkdtemp(prefix=".robench-report-", dir=out))
     try:
         metrics = tidy_metrics(runs)
-        tables = write_tables(metrics, stage)
+        headline, tables = write_tables(metrics, stage)
+        write_leaderboard(metrics, run_pages(runs), stage, "leaderboard: " + report_title(runs))
         plots = all_plots(runs, metrics, stage / "plots", feature_cells or {})
-        render_index(runs, tables, plots, stage)
+        render_index(runs, headline, tables, plots, stage)
         _move_into(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

@@ -10,7 +10,7 @@ import base64
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from robench.reports.plots import Plot
 from robench.reports.runs import ReportRun
@@ -39,24 +39,38 @@ def _truthy(value: Any) -> bool:
     return str(value).strip().lower() in ("true", "1", "yes", "flagged")
 
 
-def render_index(runs: Sequence[ReportRun], tables: Sequence[Table], plots: Mapping[str, List[Plot]],
-                 out: Path) -> Path:
-    """Write ``out/index.html`` and return its path."""
+def environment():
+    """The Jinja2 environment of the report's pages: autoescaping on, undefined names an error."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+    return Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined,
+                       autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+
+
+def run_pages(runs: Sequence[ReportRun]) -> Dict[str, str]:
+    """Run name -> the address of its section of index.html (what the leaderboard links to)."""
+    return {r.name: f"index.html#run-{i}" for i, r in enumerate(runs, start=1)}
+
+
+def report_title(runs: Sequence[ReportRun]) -> str:
+    return "robench report: " + ", ".join(r.name for r in runs)
+
+
+def render_index(runs: Sequence[ReportRun], headline: Optional[Table], tables: Sequence[Table],
+                 plots: Mapping[str, List[Plot]], out: Path) -> Path:
+    """Write ``out/index.html`` and return its path."""
     from robench import __version__
     from robench.results import atomic_write_text
 
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined,
-                      autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
     sanity = sanity_tables(runs)
-    html = env.get_template("index.html").render(
-        title="robench report: " + ", ".join(r.name for r in runs),
+    html = environment().get_template("index.html").render(
+        title=report_title(runs),
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         version=__version__,
         runs=[{"name": r.name, "path": str(r.run.path.resolve()), "cells": len(r.results),
-               "summary": _manifest_summary(r.manifest),
+               "summary": _manifest_summary(r.manifest), "worst_note": r.worst_note,
                "manifest": json.dumps(r.manifest, indent=2, sort_keys=True)} for r in runs],
+        headline=headline,
         tables=tables,
         plots={title: [{"title": p.title, "caption": p.caption, "file": p.path.name, "wide": p.wide,
                         "src": data_uri(p.path)} for p in items] for title, items in plots.items()},

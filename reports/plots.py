@@ -17,7 +17,9 @@ import pandas as pd
 from robench.results import safe_name
 
 from robench.reports.runs import ReportRun
-from robench.reports.tables import attack_label, detector_label, threats_in
+from robench.worstcase import WORST_CASE
+
+from robench.reports.tables import attack_label, detector_label, norm_name, threats_in
 
 MAX_CLEAN_POINTS = 5000
 MAX_ADV_POINTS = 1000
@@ -108,8 +110,14 @@ def _cell_labels(run: ReportRun) -> Dict[str, str]:
     cells = run.cells
     out: Dict[str, str] = {}
     for rec in cells.to_dict("records"):
-        out[rec["cell_id"]] = f"{attack_label(rec)} eps={float(rec['eps']):.4g}"
+        out[rec["cell_id"]] = f"{attack_label(rec)} {_eps_label(rec)}"
     return out
+
+
+def _eps_label(row: Mapping[str, Any]) -> str:
+    """``eps=0.3``, or ``unbounded`` for a minimal-perturbation attack (eps 0 is no budget)."""
+    eps = float(row.get("eps") or 0)
+    return f"eps={eps:.4g}" if eps > 0 else "unbounded"
 
 
 def _by_attack_eps(group: pd.DataFrame, labels: Mapping[str, str]):
@@ -121,53 +129,103 @@ def _by_attack_eps(group: pd.DataFrame, labels: Mapping[str, str]):
 
 # -- metrics against eps ---------------------------------------------------------------
 
-def versus_eps_plot(df: pd.DataFrame, metric: str, out: Path, name: str, ylabel: str,
-                    with_detector: bool) -> Optional[Plot]:
-    """One facet per threat model; one line per model x attack (x detector)."""
+LEGEND_SIZE = 9  # points: about 13 px on the page, where the figures show at about their own size
+
+
+def _eps_rows(df: pd.DataFrame, metric: str, with_detector: bool) -> pd.DataFrame:
+    """Rows with a finite ``metric`` and a bounded budget (an unbounded attack has no place on an eps axis)."""
     df = df.copy()
     df[metric] = pd.to_numeric(df[metric], errors="coerce")
-    df = df[np.isfinite(df[metric])]
-    if with_detector:
-        df = df[df["detector"].map(_has_detector)]
+    df = df[np.isfinite(df[metric]) & (pd.to_numeric(df["eps"], errors="coerce") > 0)]
+    return df[df["detector"].map(_has_detector)] if with_detector else df
+
+
+def versus_eps_plot(df: pd.DataFrame, metric: str, out: Path, name: str, ylabel: str,
+                    with_detector: bool) -> Optional[Plot]:
+    """One facet per threat model; one line per model x attack (x detector), the worst case bold."""
+    df = _eps_rows(df, metric, with_detector)
     if df.empty:
         return None
     threats = threats_in(df)
     n_lines = df.groupby(["threat", "model", "attack", "detector"]).ngroups // len(threats)
     # One legend entry per line below each facet, one column: long attack labels never squeeze the axes.
-    fig = _figure(4.8 * len(threats) + 0.6, 4.4 + 0.19 * n_lines)
+    fig = _figure(4.8 * len(threats) + 0.6, 4.4 + 0.24 * n_lines)
     axes = fig.subplots(1, len(threats), squeeze=False, sharey=True)[0]
     for ax, threat in zip(axes, threats):
         # gray- and black-box adversarials do not depend on the detector: one line serves all
         _lines(ax, df[df["threat"] == threat], metric, with_detector or threat == "white-box")
-        ax.set_title(threat)
-        ax.set_xlabel(f"eps ({_norms(df[df['threat'] == threat])}pixels in [0, 1])")
-        ax.grid(alpha=0.3)
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
+        _axes(ax, threat, df[df["threat"] == threat])
+        ax.legend(fontsize=LEGEND_SIZE, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     axes[0].set_ylabel(ylabel)
     fig.suptitle(f"{ylabel} vs eps")
-    caption = "Mean over repeated cells; error bars: the 95% bootstrap interval from metrics.csv."
+    caption = ("Bold: the worst case per test point over the run's attacks of that budget. Mean over repeated "
+               "cells; error bars: the 95% bootstrap interval from metrics.csv. Unbounded attacks (eps 0) are "
+               "in the tables only.")
     if not with_detector:
         caption += " Gray- and black-box adversarial examples do not depend on the detector: one line each."
     return Plot(f"{ylabel} vs eps", _save(fig, out / name), caption, wide=len(threats) > 1)
 
 
+def detection_plot(df: pd.DataFrame, out: Path, name: str = "detection_vs_eps.png") -> Optional[Plot]:
+    """Per threat model, detection-aware robust accuracy at 5% FPR beside detection AUC, against eps."""
+    metrics = (("det_robust_acc_fpr5", "det. robust acc @5% FPR"), ("auc", "detection AUC"))
+    frames = [_eps_rows(df, m, True) for m, _ in metrics]
+    if all(f.empty for f in frames):
+        return None
+    threats = threats_in(pd.concat(frames))
+    n_lines = max(f.groupby(["threat", "model", "attack", "detector"]).ngroups for f in frames if len(f))
+    fig = _figure(11.0, len(threats) * max(3.6, 0.9 + 0.2 * n_lines / len(threats)))
+    axes = fig.subplots(len(threats), 2, squeeze=False, sharex=True)
+    for row, threat in zip(axes, threats):
+        for ax, frame, (metric, label) in zip(row, frames, metrics):
+            _lines(ax, frame[frame["threat"] == threat], metric, True)
+            _axes(ax, threat, frame[frame["threat"] == threat])
+            ax.set_ylabel(label)
+        handles, labels = row[0].get_legend_handles_labels()
+        if not handles:
+            handles, labels = row[1].get_legend_handles_labels()
+        row[1].legend(handles, labels, fontsize=LEGEND_SIZE, loc="center left", bbox_to_anchor=(1.02, 0.5),
+                      frameon=False)
+    fig.suptitle("Detection-aware robust accuracy and AUC vs eps")
+    return Plot("Detection-aware robust accuracy and detection AUC vs eps", _save(fig, out / name),
+                "Left: fraction of test points classified correctly OR flagged at the detector's 5%-FPR "
+                "threshold; right: ROC AUC of clean against adversarial scores. Bold: the worst case over the "
+                "run's attacks. Error bars: 95% bootstrap interval where metrics.csv has one.", wide=True)
+
+
+def _axes(ax, threat: str, df: pd.DataFrame) -> None:
+    ax.set_title(threat)
+    ax.set_xlabel(f"eps ({_norms(df)}pixels in [0, 1])")
+    ax.grid(alpha=0.3)
+    ax.set_ylim(-0.02, 1.02)
+
+
 def _lines(ax, df: pd.DataFrame, metric: str, split_detector: bool) -> None:
-    df = df.assign(_attack=df.apply(attack_label, axis=1), _det=df["detector"].map(detector_label))
-    keys = ["model", "_attack"] + (["_det"] if split_detector else [])
+    df = df.assign(_attack=df.apply(_line_attack, axis=1), _det=df["detector"].map(detector_label),
+                   _worst=(df["attack"] != WORST_CASE).astype(int))
+    keys = ["model", "_worst", "_attack"] + (["_det"] if split_detector else [])
     lo, hi = f"{metric}_lo", f"{metric}_hi"
     for key, group in df.groupby(keys, sort=True):
         g = group.groupby("eps")[[c for c in (metric, lo, hi) if c in group]].mean(numeric_only=True)
-        label = " \u00b7 ".join(str(k) for k in key)
+        label = " \u00b7 ".join(str(k) for i, k in enumerate(key) if i != 1)
         yerr = None
         if lo in g and hi in g and np.isfinite(g[[lo, hi]].to_numpy(float)).all():
             yerr = np.clip(np.vstack([g[metric] - g[lo], g[hi] - g[metric]]).astype(float), 0, None)
-        ax.errorbar(g.index, g[metric], yerr=yerr, marker="o", ms=4, lw=1.6, capsize=3, elinewidth=0.8,
-                    label=label)
+        bold = key[1] == 0
+        ax.errorbar(g.index, g[metric], yerr=yerr, marker="s" if bold else "o", ms=6 if bold else 4,
+                    lw=3.2 if bold else 1.3, capsize=3, elinewidth=0.8, alpha=1.0 if bold else 0.8,
+                    zorder=5 if bold else 2, label=label)
+
+
+def _line_attack(row: Any) -> str:
+    """A line's attack: ``worst case`` (with its norm: budgets of two norms are two lines), else the attack."""
+    if row["attack"] == WORST_CASE:
+        return f"worst case ({norm_name(row.get('norm'))})"
+    return attack_label(row)
 
 
 def _norms(df: pd.DataFrame) -> str:
-    norms = sorted({str(n) for n in df.get("norm", pd.Series(dtype=str)) if str(n) not in ("", "nan")})
+    norms = sorted({norm_name(n) for n in df.get("norm", pd.Series(dtype=str)) if str(n) not in ("", "nan")})
     return f"{'/'.join(norms)} budget, " if norms else ""
 
 
@@ -217,7 +275,7 @@ def _adversarial(run: ReportRun, cell_id: Optional[str]
     adv = run.run.adv_features(cell_id)
     samples = run.run.samples(cell_id)
     row = run.run.cell_row(cell_id)
-    caption = (f"adversarial: {attack_label(row)} eps={float(row['eps']):.4g}, {row['threat']}, "
+    caption = (f"adversarial: {attack_label(row)} {_eps_label(row)}, {row['threat']}, "
                f"detector {detector_label(row.get('detector'))}")
     return adv, samples["adv_pred"].to_numpy(), caption
 
@@ -276,11 +334,9 @@ def all_plots(runs: Sequence[ReportRun], metrics: pd.DataFrame, out: Path,
     """Every plot of the report, grouped under section titles."""
     groups: Dict[str, List[Plot]] = {"Robustness and detection vs eps": [], "ROC curves": [],
                                      "Feature space": []}
-    for args in (("robust_acc", "robust_accuracy_vs_eps.png", "robust accuracy", False),
-                 ("auc", "detection_auc_vs_eps.png", "detection AUC", True)):
-        plot = versus_eps_plot(metrics, args[0], out, *args[1:])
-        if plot is not None:
-            groups["Robustness and detection vs eps"].append(plot)
+    eps_plots = [versus_eps_plot(metrics, "robust_acc", out, "robust_accuracy_vs_eps.png", "robust accuracy",
+                                 False), detection_plot(metrics, out)]
+    groups["Robustness and detection vs eps"] += [p for p in eps_plots if p is not None]
     for run in runs:
         prefix = f"{run.name}_" if len(runs) > 1 else ""
         groups["ROC curves"] += roc_plots(run, out, prefix)

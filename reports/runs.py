@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -24,6 +24,8 @@ class ReportRun:
     sanity: Optional[pd.DataFrame]
     _samples: Optional[pd.DataFrame] = field(default=None, repr=False)
     _cells: Optional[pd.DataFrame] = field(default=None, repr=False)
+    _metrics: Optional[pd.DataFrame] = field(default=None, repr=False)
+    worst_note: str = ""  # why the worst-case rows could not be computed, when they could not
 
     @property
     def samples(self) -> pd.DataFrame:
@@ -38,6 +40,13 @@ class ReportRun:
             self._cells = self.run.cells()
         return self._cells
 
+    @property
+    def metrics(self) -> pd.DataFrame:
+        """The results with a ``worst-case`` row per budget (see :func:`with_worst_case`)."""
+        if self._metrics is None:
+            self._metrics, self.worst_note = with_worst_case(self)
+        return self._metrics
+
     def cell_of(self, row: pd.Series) -> Optional[str]:
         """The cell folder holding a results row, or None."""
         cells = self.cells
@@ -48,6 +57,32 @@ class ReportRun:
             match &= cells[col].map(_key) == _key(row.get(col))
         found = cells.loc[match, "cell_id"]
         return str(found.iloc[0]) if len(found) else None
+
+
+def with_worst_case(run: ReportRun) -> Tuple[pd.DataFrame, str]:
+    """``run.results`` plus the worst-case rows results.csv lacks, computed from the per-sample records.
+
+    Rows results.csv already has are kept as they are; a group's row is computed only
+    when it is missing (runs finished before results.csv carried them).
+
+    Returns:
+        The rows, and a note saying why no worst case could be computed ("" when it could).
+    """
+    from robench.worstcase import GROUP_COLUMNS, WORST_CASE, bounded, worst_case_rows
+
+    results = run.results
+    given = results[results["attack"] == WORST_CASE]
+    if not bounded(results).any():
+        return results, ""
+    try:  # without records to compute from, results.csv's own rows (if any) stand alone
+        if run.samples.empty:
+            raise RobenchError("no samples.csv, so no worst case over the attacks")
+        rows = worst_case_rows(results, run.samples, cells=run.cells)
+    except RobenchError as exc:
+        return results, "" if len(given) else str(exc)
+    have = {tuple(_key(r[c]) for c in GROUP_COLUMNS) for _, r in given.iterrows()}
+    new = rows[[tuple(_key(r[c]) for c in GROUP_COLUMNS) not in have for _, r in rows.iterrows()]]
+    return (pd.concat([results, new], ignore_index=True) if len(new) else results), ""
 
 
 def load_runs(paths: Sequence[str | os.PathLike]) -> List[ReportRun]:

@@ -207,3 +207,38 @@ class ResNet20(Arch):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+
+class MLP(Arch):
+    """A fully connected ReLU network, small enough for exact verification.
+
+    Inputs are flattened; ``hidden`` ReLU layers are followed by a ReLU feature
+    layer of ``feature_dim`` units and the head (the default is the 784-64-32
+    network of issue 12). The feature layer keeps its ReLU, unlike SmallCNN's,
+    so every layer of the network is a ReLU layer the verifier must branch on.
+
+    Args:
+        num_classes: classes of the head.
+        feature_dim: width of the last hidden layer (the features).
+        head: ``linear`` or ``gm``.
+        in_channels, input_size: the input's shape (C, S, S).
+        hidden: widths of the hidden layers before the feature layer.
+    """
+
+    head_name = "head"
+    default_feature_dim = 32
+
+    def __init__(self, num_classes: int = 10, feature_dim: int = 32, head: str = "linear",
+                 in_channels: int = 1, input_size: int = 28, hidden: Tuple[int, ...] = (64,)) -> None:
+        super().__init__()
+        widths = [in_channels * input_size * input_size, *hidden, feature_dim]
+        if any(int(w) < 1 for w in widths):
+            raise UsageError(f"arch mlp needs positive layer widths, got {widths}")
+        layers: list = [nn.Flatten()]
+        for w_in, w_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(int(w_in), int(w_out)), nn.ReLU()]
+        self.body = nn.Sequential(*layers)
+        self.head = make_head(head, feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)

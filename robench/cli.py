@@ -242,15 +242,20 @@ def inspect(checkpoint: str, arch: Optional[str], as_json: bool) -> None:
 @device_option
 @quiet_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint file to write.")
+@click.option("--allow-weak", is_flag=True,
+              help="Exit 0 even when the model ends near chance (clean validation accuracy below 2x chance or "
+                   "the defense's floor). Without it such a run writes the checkpoint, warns and exits 1: a "
+                   "near-chance model makes every robustness number measured on it meaningless.")
 def train(defense: str, dataset: str, arch: str, epochs: Optional[int], batch_size: int, lr: float,
           feature_dim: Optional[int], train_half: Optional[str], seed: int, device: str, quiet: bool,
-          out: str) -> None:
+          out: str, allow_weak: bool) -> None:
     """Train a model with a registered defense and write a checkpoint."""
     from robench.commands import keep_only_finished, run_train
 
     with keep_only_finished(str(Path(out).parent), own_folder=False):
         run_train(defense=defense, dataset=dataset, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
-                  feature_dim=feature_dim, train_half=train_half, seed=seed, device=device, quiet=quiet, out=out)
+                  feature_dim=feature_dim, train_half=train_half, seed=seed, device=device, quiet=quiet, out=out,
+                  allow_weak=allow_weak)
 
 
 # -- attack / run -----------------------------------------------------------------------

@@ -116,12 +116,19 @@ def _holds_finished_work(path: Path) -> bool:
 
 def run_train(*, defense: str, dataset: str, arch: str, epochs: Optional[int], batch_size: int,
               lr: float, feature_dim: Optional[int], train_half: Optional[str], seed: int, device: str,
-              quiet: bool, out: str) -> Path:
+              quiet: bool, out: str, allow_weak: bool = False) -> Path:
+    """Train, write the checkpoint and print its summary line.
+
+    A model that ends near chance (see :func:`robench.training.weak_model_warning`)
+    is still written, with ``near_chance: true`` in its metrics, and a warning
+    line follows the summary; unless ``allow_weak``, the command then exits 1
+    so that scripts do not go on to benchmark it.
+    """
     from robench.checkpoints import save_checkpoint
     from robench.data import load_dataset
     from robench.registry import registry
     from robench.specs import parse_spec
-    from robench.training import TrainConfig, build_defense, train
+    from robench.training import TrainConfig, build_defense, train, weak_model_warning
 
     path = check_writable_file(out)
     name, params = parse_spec(defense)
@@ -136,6 +143,12 @@ def run_train(*, defense: str, dataset: str, arch: str, epochs: Optional[int], b
     m = model.info.metrics
     click.echo(f"{name} on {dataset} ({arch}): clean test accuracy {m['clean_test_acc']:.4f} "
                f"(val {m['clean_val_acc']:.4f}), {m['epochs']} epochs in {m['train_seconds']:.0f} s -> {path}")
+    warning = weak_model_warning(model)
+    if warning:
+        action = "kept because of --allow-weak" if allow_weak else "written, but exiting 1 (--allow-weak accepts it)"
+        click.echo(f"Warning: {warning}; checkpoint {action}", err=True)
+        if not allow_weak:
+            raise SystemExit(1)  # not click's Exit: the group runs Click non-standalone, which returns it
     return path
 
 

@@ -21,7 +21,7 @@ import torch
 from robench.config import RunConfig
 from robench.plan import Cell
 from robench.prepare import ModelContext, Source
-from robench.threats import ThreatModel, defender_outcome, pick_worst_case, white_box_objectives
+from robench.threats import Candidate, ThreatModel, defender_outcome, white_box_candidates
 
 FLAG_FPR = 0.05  # the calibrated threshold an adaptive attacker must stay under
 
@@ -65,30 +65,27 @@ def accepts(name: str, argument: str) -> bool:
     return argument in inspect.signature(cls).parameters
 
 
-def craft(cell: Cell, source: Source, ctx: ModelContext, cfg: RunConfig, cache: CraftCache, quiet: bool,
-          objective: Optional[str] = None, detector: Any = None,
-          active: Optional[torch.Tensor] = None) -> Crafted:
-    """One attack over the test points in batches.
+def craft(cell: Cell, cand: Candidate, source: Source, ctx: ModelContext, cfg: RunConfig, cache: CraftCache,
+          quiet: bool, detector: Any = None, active: Optional[torch.Tensor] = None) -> Crafted:
+    """One attack (``cand``) over the test points in batches.
 
-    ``active`` (the cascade): a bool mask of the points to attack; the others come
-    back unchanged. The batches are those of a full run, so an attacked point gets
+    ``active``: a bool mask of the points to attack; the others come back
+    unchanged. The batches are those of a full run, so an attacked point gets
     exactly the example it would get there.
     """
     from robench.progress import progress_bar
 
-    kwargs = dict(cell.kwargs)
-    if objective is not None:
-        kwargs["objective"] = objective
-        if objective == "joint":
-            kwargs.update(detector=detector, fpr=FLAG_FPR)
-    if accepts(cell.attack, "seed"):
+    kwargs = dict(cand.kwargs)
+    if kwargs.pop("detector", None):
+        kwargs.update(detector=detector, fpr=FLAG_FPR)
+    if accepts(cand.attack, "seed"):
         kwargs.setdefault("seed", cell.seed)
-    key = craft_key(cell, source, ctx, kwargs, cfg, active)
+    key = craft_key(cell, cand.attack, source, ctx, kwargs, cfg, active)
     hit = cache.get(key)
     if hit is not None:
         return hit
-    attack = build_attack(cell, source.model, kwargs, cfg)
-    label = f"{cell.attack} eps={cell.eps:g} {cell.threat.value}" + (f" {objective}" if objective else "")
+    attack = build_attack(cand.attack, cell.eps, source.model, kwargs, cfg)
+    label = f"{cell.attack} eps={cell.eps:g} {cell.threat.value} {cand.label}"
     bar = progress_bar(total=len(ctx.y), desc=label, unit="img", disable=quiet)
     chunks, halved = [], []
     masks = active.split(cfg.batch_size) if active is not None else [None] * len(ctx.y.split(cfg.batch_size))
@@ -97,7 +94,7 @@ def craft(cell: Cell, source: Source, ctx: ModelContext, cfg: RunConfig, cache: 
         bar.update(len(yb))
     bar.close()
     passes = int(getattr(attack, "n_forward", 0)) + int(getattr(attack, "n_backward", 0))
-    used = objective or str(getattr(attack, "objective", None) or "default")
+    used = str(getattr(attack, "objective", None) or "default")
     result = Crafted(torch.cat(chunks), passes, used, halved=tuple(halved))
     cache.put(key, result)
     return result
@@ -131,65 +128,81 @@ def attack_batch(attack: Any, x: torch.Tensor, y: torch.Tensor, active: Optional
                       for p in parts])
 
 
-def build_attack(cell: Cell, model: Any, kwargs: Dict[str, Any], cfg: RunConfig) -> Any:
-    """The cell's attack with the run's runtime options (cascade, bf16 autocast, torch.compile)."""
-    from robench.attacks import create_attack
+def build_attack(attack: str, eps: float, model: Any, kwargs: Dict[str, Any], cfg: RunConfig) -> Any:
+    """An attack with the run's runtime options (cascade, bf16 autocast, torch.compile)."""
+    from robench.attacks import Runtime, create_attack
 
-    attack = create_attack(cell.attack, model, eps=cell.eps, **kwargs)
-    attack.cascade = bool(cfg.cascade)
-    attack.amp = torch.bfloat16 if cfg.amp == "bf16" else None
-    attack.compile = bool(cfg.compile)
-    return attack
+    runtime = Runtime(amp=cfg.amp, compile=bool(cfg.compile), cascade=bool(cfg.cascade))
+    return create_attack(attack, model, eps=eps, runtime=runtime, **kwargs)
 
 
-def craft_key(cell: Cell, source: Source, ctx: ModelContext, kwargs: Dict[str, Any], cfg: RunConfig,
-              active: Optional[torch.Tensor]) -> str:
-    """What decides an attack's output: gray-box and the white-box ``ce`` candidate share it."""
-    if "objective" not in kwargs and accepts(cell.attack, "objective"):
+def craft_key(cell: Cell, attack: str, source: Source, ctx: ModelContext, kwargs: Dict[str, Any],
+              cfg: RunConfig, active: Optional[torch.Tensor]) -> str:
+    """What decides an attack's output: gray-box and the white-box attacker's first candidate share it."""
+    if "objective" not in kwargs and accepts(attack, "objective"):
         from robench.registry import registry
 
-        default = inspect.signature(registry("attacks").get(cell.attack)).parameters["objective"].default
+        default = inspect.signature(registry("attacks").get(attack)).parameters["objective"].default
         kwargs = {**kwargs, "objective": default}
     detector = kwargs.get("detector")
     plain = {k: repr(v) for k, v in kwargs.items() if k != "detector"}
     mask = None if active is None else hashlib.sha1(active.to(torch.uint8).cpu().numpy().tobytes()).hexdigest()
-    content = {"source": source.sha256, "points": ctx.points, "attack": cell.attack, "eps": cell.eps,
+    content = {"source": source.sha256, "points": ctx.points, "attack": attack, "eps": cell.eps,
                "kwargs": plain, "detector": getattr(detector, "name", None), "target": ctx.sha256,
                "mask": mask, "amp": cfg.amp, "compile": cfg.compile, "cascade": cfg.cascade,
                "batch_size": cfg.batch_size}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
+def candidates(cell: Cell, ctx: ModelContext, detector: Any) -> List[Candidate]:
+    """The attacks a cell runs: a preset's members, and under white-box the adaptive candidates."""
+    from robench.presets import PRESETS
+
+    k = ctx.model.num_classes
+    white = cell.threat == ThreatModel.WHITE_BOX
+    if cell.attack in PRESETS:
+        members = PRESETS[cell.attack].members(cell.kwargs, k)
+        if not white:
+            return members
+        extra = white_box_candidates(members[0].attack, {"steps": 100}, ctx.model.is_gm, detector is not None, k)
+        return members[:2] + [c for c in extra[1:] if c.label != "margin"] + members[2:]
+    base = Candidate(str(cell.kwargs.get("objective", "default")), cell.attack, dict(cell.kwargs))
+    if not white or not accepts(cell.attack, "objective"):
+        return [base]
+    return white_box_candidates(cell.attack, cell.kwargs, ctx.model.is_gm, detector is not None, k)
+
+
 def craft_cell(cell: Cell, ctx: ModelContext, surrogate: Optional[Source], cfg: RunConfig, cache: CraftCache,
                quiet: bool, active: Optional[torch.Tensor] = None) -> Crafted:
-    """The cell's examples under its threat model."""
-    if cell.threat == ThreatModel.WHITE_BOX:
-        return white_box(cell, ctx, cfg, cache, quiet, active=active)
+    """The cell's examples under its threat model: its candidates in a cascade, the worst case per point.
+
+    Each candidate after the first runs only on the points the ones before have not won
+    (misclassified; under white-box also not flagged at the threshold the attacker evades).
+    A point takes a later candidate's example when it is worse for the defender (a higher
+    rank, or the same rank and a lower detector score), so the cell is never weaker
+    than any of its candidates, at a bounded cost.
+    """
+    white = cell.threat == ThreatModel.WHITE_BOX
+    detector = ctx.detectors.get(cell.detectors[0]) if white else None
     source = surrogate if cell.threat == ThreatModel.BLACK_BOX else Source(ctx.model, ctx.sha256)
-    return craft(cell, source, ctx, cfg, cache, quiet, active=active)
-
-
-def white_box(cell: Cell, ctx: ModelContext, cfg: RunConfig, cache: CraftCache, quiet: bool,
-              active: Optional[torch.Tensor] = None) -> Crafted:
-    """Per point, the worst case for the defender over the adaptive objectives."""
-    detector = ctx.detectors.get(cell.detectors[0])
-    target = Source(ctx.model, ctx.sha256)
-    if not accepts(cell.attack, "objective"):
-        return craft(cell, target, ctx, cfg, cache, quiet, active=active)
-    objectives = [o for o in white_box_objectives(ctx.model.is_gm) if o != "joint" or detector is not None]
-    candidates, outcomes, scores, total, halved = [], [], [], 0, ()
-    for obj in objectives:
-        made = craft(cell, target, ctx, cfg, cache, quiet, objective=obj, detector=detector, active=active)
-        total += made.passes
-        halved += made.halved
-        outcome, score = attacker_view(ctx, detector, made.x_adv, cfg.batch_size)
-        candidates.append(made.x_adv)
-        outcomes.append(outcome)
-        scores.append(score)
-    best = pick_worst_case(outcomes, scores)
-    x_best = torch.stack(candidates)[best, torch.arange(len(best))]
-    wins = ";".join(f"{o}:{int((best == i).sum())}" for i, o in enumerate(objectives))
-    return Crafted(x_best, total, "worst-of:" + "+".join(objectives), wins, halved)
+    cands = candidates(cell, ctx, detector)
+    scope = torch.ones(len(ctx.y), dtype=torch.bool) if active is None else active
+    x_best, rank = ctx.x.clone(), torch.full((len(ctx.y),), -1, dtype=torch.long)
+    score, pick = torch.full((len(ctx.y),), float("inf")), torch.full((len(ctx.y),), -1, dtype=torch.long)
+    passes, halved = 0, ()
+    for i, cand in enumerate(cands):
+        mask = active if i == 0 else scope & (rank < 2)
+        if mask is not None and not bool(mask.any()):
+            break
+        made = craft(cell, cand, source, ctx, cfg, cache, quiet, detector=detector, active=mask)
+        passes, halved = passes + made.passes, halved + made.halved
+        new_rank, new_score = attacker_view(ctx, detector, made.x_adv, cfg.batch_size)
+        take = (scope if mask is None else mask) & ((new_rank > rank) | ((new_rank == rank) & (new_score < score)))
+        x_best[take], rank[take], score[take], pick[take] = made.x_adv[take], new_rank[take], new_score[take], i
+    if len(cands) == 1:
+        return Crafted(x_best, passes, made.objective, "", halved)
+    wins = ";".join(f"{c.label}:{int(((pick == i) & (rank == 2)).sum())}" for i, c in enumerate(cands))
+    return Crafted(x_best, passes, "cascade:" + "+".join(c.label for c in cands), wins, halved)
 
 
 def attacker_view(ctx: ModelContext, detector: Any, x: torch.Tensor, batch_size: int):

@@ -9,12 +9,12 @@ in [0, 1], NCHW or NHWC, and integer ``y``). Nothing is ever downloaded.
 from __future__ import annotations
 
 import functools
-
 import hashlib
+import math
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -352,7 +352,58 @@ def load_dataset(spec: str, seed: int = 0, train_half: Optional[str] = None) -> 
     data: Dataset = loader(arg or None, seed=seed)
     if train_half:
         data = with_train_half(data, train_half)
+    return check_dataset(data)
+
+
+def check_dataset(data: Dataset) -> Dataset:
+    """``data`` unchanged, or one :class:`DataError` line saying what makes it unusable.
+
+    Run on every loaded dataset, built-in or a plugin's: a model trained on a
+    single class scores 100% "accuracy", and a class absent from a split makes
+    that split's accuracies quietly mean something else.
+
+    Raises:
+        DataError: fewer than two classes, a label outside [0, K), a class
+            missing from a split, or pixels that are NaN, Inf or outside [0, 1].
+    """
+    spec, y, k = data.spec, data.y, data.num_classes
+    if len(y) != len(data.x):
+        raise DataError(f"{spec}: {len(data.x)} images but {len(y)} labels")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
+        raise DataError(f"{spec}: labels must be in [0, {k}) for {k} classes, found {int(y.min())} to {int(y.max())}")
+    present = torch.unique(y).tolist()
+    if k < 2 or len(present) < 2:
+        found = ", ".join(str(c) for c in present[:3]) or "none"
+        raise DataError(f"{spec}: needs at least two classes, found {len(present)} (labels: {found}); "
+                        f"a one-class model is 100% accurate and means nothing")
+    absent = sorted(set(range(k)) - set(present))
+    if absent:
+        raise DataError(f"{spec}: class(es) {_some(absent)} of {k} have no image at all "
+                        f"(labels must be 0 to {k - 1} with every class present)")
+    for name, idx in data.splits.items():
+        missing = sorted(set(range(k)) - set(torch.unique(y[idx]).tolist()))
+        if missing:
+            raise DataError(f"{spec}: class(es) {_some(missing)} of {k} have no image in the {name} split "
+                            f"({len(idx)} images); every class must appear in train, val and test")
+    _check_pixels(spec, data.x)
     return data
+
+
+def _some(values: List[int], shown: int = 5) -> str:
+    return ", ".join(str(v) for v in values[:shown]) + (", ..." if len(values) > shown else "")
+
+
+def _check_pixels(spec: str, x: torch.Tensor) -> None:
+    """Finite values in [0, 1], checked in chunks (CIFAR-10 is 184 million values)."""
+    low, high = math.inf, -math.inf
+    for chunk in x.reshape(len(x), -1).split(4096):
+        if not torch.isfinite(chunk).all():
+            bad = int((~torch.isfinite(x)).sum())
+            raise DataError(f"{spec}: images contain {bad} NaN or Inf value(s); pixels must be finite, in [0, 1]")
+        c_low, c_high = torch.aminmax(chunk)
+        low, high = min(low, float(c_low)), max(high, float(c_high))
+    if low < 0 or high > 1:
+        raise DataError(f"{spec}: pixels must be in [0, 1], found values in [{low:.3g}, {high:.3g}]")
 
 
 def with_train_half(data: Dataset, half: str) -> Dataset:

@@ -19,6 +19,7 @@ from robench.config import RunConfig
 from robench.craft import CraftCache, Crafted, chain_examples, craft, craft_cell
 from robench.plan import Cell, Chain, Job
 from robench.prepare import ModelContext, Source
+from robench.threats import Candidate
 
 
 @dataclass
@@ -128,14 +129,14 @@ def _params(kwargs: Dict[str, Any]) -> str:
 
 def attack_norm(cell: Cell, model: Any) -> str:
     """The distance the cell's budget is measured in (an adapter's, from the library class it wraps)."""
+    from robench.presets import PRESETS
     from robench.registry import registry
 
+    if cell.attack in PRESETS:
+        return PRESETS[cell.attack].norm(cell.kwargs)
     factory = registry("attacks").get(cell.attack.partition(":")[0])
     if getattr(factory, "is_family", False):
-        try:
-            return str(factory.norm_of(cell.attack.partition(":")[2], cell.kwargs) or "")
-        except AttributeError:
-            return "adapter"
+        return str(factory.norm_of(cell.attack.partition(":")[2], cell.kwargs) or "")
     return str(getattr(factory, "norm", "") or "")
 
 
@@ -157,7 +158,8 @@ def amp_agreement(cell: Cell, ctx: ModelContext, cfg: RunConfig) -> Dict[str, An
     plain = replace(cfg, cascade=False)
     accs = {}
     for label, run_cfg in (("fp32", replace(plain, amp=None)), (cfg.amp, plain)):
-        made = craft(cell, Source(ctx.model, ctx.sha256), ctx, run_cfg, CraftCache(), True)
+        base = Candidate("default", cell.attack, dict(cell.kwargs))
+        made = craft(cell, base, Source(ctx.model, ctx.sha256), ctx, run_cfg, CraftCache(), True)
         accs[label] = float((ctx.model.predict(made.x_adv, cfg.batch_size) == ctx.y).float().mean())
     diff = abs(accs[cfg.amp] - accs["fp32"])
     return {"model": ctx.name, "check": f"{cfg.amp} autocast agrees with fp32",

@@ -89,10 +89,30 @@ def check_model(model, x: torch.Tensor, y: torch.Tensor, attack_acc: Dict[str, T
     probe_x, probe_y = x[:PROBE_N], y[:PROBE_N]
     rows = [_gradients(name, model, probe_x, probe_y), _determinism(name, model, probe_x),
             _unbounded(name, model, probe_x, probe_y, seed)]
+    rows.insert(0, _near_chance(name, model, x, y, batch_size))
     for norm in sorted(attack_acc) or ["Linf"]:
         eps, acc = attack_acc.get(norm, (0.0, None))
         rows.append(_noise(name, model, x, y, norm, eps, acc, seed, batch_size))
     return rows
+
+
+@torch.no_grad()
+def _near_chance(name: str, model, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                 min_n: int = 30) -> Dict[str, object]:
+    """A model that never learned the task: its training metrics say so, or it is near chance on the run's points.
+
+    The run's points count only from ``min_n`` of them: on fewer, one or two
+    mistakes move the accuracy across 2x chance.
+    """
+    from robench.training import weak_model_warning
+
+    warning = weak_model_warning(model)
+    pred = torch.cat([model(xb).argmax(1) for xb in x.split(batch_size)])
+    acc = float((pred == y).float().mean())
+    floor = 2.0 / model.num_classes
+    evidence = f"clean accuracy {acc:.3f} on {len(y)} points (2x chance {floor:.3f})"
+    return _row(name, "clean accuracy above 2x chance", warning is not None or (len(y) >= min_n and acc < floor),
+                f"{evidence}; {warning}" if warning else evidence)
 
 
 def _gradients(name: str, model, x: torch.Tensor, y: torch.Tensor) -> Dict[str, object]:
@@ -210,9 +230,6 @@ def amp_checks(cfg, contexts: Dict[str, object]) -> List[Dict[str, object]]:
 
 
 def _runs_under_amp(attack: str) -> bool:
-    from robench import attacks
+    from robench.attacks import supports
 
-    supports = getattr(attacks, "supports", None)
-    if supports is not None:
-        return bool(supports(attack, "amp"))
-    return not attack.startswith(("ta:", "art:"))  # before attacks declared what they support
+    return supports(attack, "amp")

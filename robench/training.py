@@ -68,12 +68,49 @@ def train(cfg: TrainConfig, data: Optional[Dataset] = None, quiet: bool = False)
         _fit(model, extra, defense, data, cfg, epochs, device, quiet)
         seconds = time.perf_counter() - t0
     model.freeze()
+    val_acc = accuracy(model, *data.split("val"))
+    floor = clean_acc_floor(data.num_classes, defense)
     model.info.metrics = {
-        "clean_val_acc": accuracy(model, *data.split("val")),
+        "clean_val_acc": val_acc,
         "clean_test_acc": accuracy(model, *data.split("test")),
         "train_seconds": round(seconds, 1), "epochs": epochs,
+        "clean_acc_floor": floor,
+        "near_chance": not val_acc >= floor,  # NaN (no validation points) counts as failed
     }
     return model
+
+
+def clean_acc_floor(num_classes: int, defense: Any = None) -> float:
+    """The clean validation accuracy a trained model must reach: 2x chance, or the defense's ``min_clean_acc``.
+
+    Below it the model has not learned the task, and every robustness number
+    measured on it (robust accuracy, detection rates) describes noise.
+    """
+    stated = float(getattr(defense, "min_clean_acc", 0.0) or 0.0)
+    return round(max(2.0 / max(1, num_classes), stated), 4)
+
+
+def weak_model_warning(model: RobustModel) -> Optional[str]:
+    """One line saying that ``model`` ended training near chance, or None when it did not (or nobody knows).
+
+    Reads the checkpoint's training metrics: ``near_chance`` where training
+    recorded it, else ``clean_val_acc`` against 2x chance (older checkpoints).
+    Checkpoints without a clean validation accuracy (the official GM-Loss
+    code's) give None.
+    """
+    info = model.info
+    metrics = info.metrics or {}
+    acc = metrics.get("clean_val_acc")
+    if not isinstance(acc, (int, float)) or isinstance(acc, bool):
+        return None
+    floor = metrics.get("clean_acc_floor", clean_acc_floor(info.num_classes))
+    near = metrics.get("near_chance")
+    if not (near if isinstance(near, bool) else not acc >= floor):
+        return None
+    label = info.name or f"{info.defense}/{info.arch}"
+    return (f"model '{label}' is near chance: clean validation accuracy {acc:.4f} is below {floor:.4f} "
+            f"(2x chance for {info.num_classes} classes, or the defense's floor); "
+            f"every robustness number measured on it is meaningless")
 
 
 def _validate(cfg: TrainConfig) -> None:

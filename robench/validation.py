@@ -111,12 +111,15 @@ def attack_problems(spec: str, kwargs: Optional[Dict[str, Any]] = None) -> List[
 
     ``spec`` is ``name[:key=value,...]``; ``kwargs`` given: ``spec`` is just the name.
     """
+    from robench.presets import PRESETS
     from robench.specs import parse_spec
 
     try:
         name, parsed = parse_spec(spec) if kwargs is None else (spec, kwargs)
     except RobenchError as exc:
         return [(None, f"attack '{spec}': {exc}")]
+    if name in PRESETS:
+        return PRESETS[name].problems(parsed)
     if (m := known_problem("attacks", name.partition(":")[0])):
         return [(None, m)]
     try:

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from robench.attacks import create_attack, expand_families
+from robench.attacks import Runtime, create_attack, expand_families
 from robench.attacks.objectives import make_objective, true_and_best_other
 from robench.attacks.pgd import PGD
 from robench.attacks.verify import distances
@@ -115,8 +115,8 @@ def test_cascade_restarts_run_only_on_unbroken_rows(softmax_model, batch):
     """Cascaded restarts cost fewer passes and break at least the rows plain restarts break."""
     x, y = batch
     plain = create_attack("pgd", softmax_model, eps=0.08, steps=3, restarts=4, seed=2)
-    cascade = create_attack("pgd", softmax_model, eps=0.08, steps=3, restarts=4, seed=2)
-    cascade.cascade = True
+    cascade = create_attack("pgd", softmax_model, eps=0.08, steps=3, restarts=4, seed=2,
+                            runtime=Runtime(cascade=True))
     broken_plain = softmax_model.predict(plain(x, y)) != y
     broken_cascade = softmax_model.predict(cascade(x, y)) != y
     assert broken_plain.any() and (~broken_plain).any()  # the budget leaves work for restarts
@@ -265,11 +265,11 @@ def test_joint_objective_lowers_detector_scores(gm_model, digits, batch):
 @pytest.mark.parametrize("name, eps, kwargs, words", [
     ("pgdd", 0.1, {}, "did you mean pgd"),
     ("pgd", 0.1, {"step": 3}, "unknown argument"),
-    ("pgd", float("nan"), {}, "finite"),
-    ("pgd", 1.5, {}, "eps must be in"),
-    ("pgd", -0.1, {}, "eps must be in"),
+    ("pgd", float("nan"), {}, r"eps must be a number in \[0, 1\], got nan"),
+    ("pgd", 1.5, {}, r"eps must be a number in \[0, 1\], got 1.5"),
+    ("pgd", -0.1, {}, "eps must be a number in"),
     ("pgd", None, {}, "eps"),
-    ("pgd", 0.1, {"steps": 0}, "steps"),
+    ("pgd", 0.1, {"steps": 0}, r"pgd: steps must be an integer in \[1, inf\), got 0"),
     ("pgd", 0.1, {"steps": 2.5}, "steps"),
     ("pgd", 0.1, {"step_size": -1.0}, "step_size"),
     ("pgd", 0.1, {"random_start": "yes"}, "random_start"),
@@ -279,7 +279,7 @@ def test_joint_objective_lowers_detector_scores(gm_model, digits, batch):
     ("pgd", 0.1, {"detector": object()}, "only by objective='joint'"),
     ("pgd", 0.1, {"seed": -1}, "seed"),
     ("bim", 0.1, {"random_start": True}, "unknown argument"),
-    ("pgd-l2", 100.0, {}, "eps must be in"),
+    ("pgd-l2", 100.0, {}, r"eps must be a number in \[0, 8\]"),
     ("mim", 0.1, {"decay": -1.0}, "decay"),
     ("cw-l2", 0.0, {"binary_search_steps": 0}, "binary_search_steps"),
     ("cw-l2", 0.0, {"lr": 0}, "lr"),

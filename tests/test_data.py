@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from robench.data import load_dataset
+from robench.data import Dataset, check_dataset, fraction_sizes, load_dataset, stratified_splits
 from robench.errors import DataError, UnknownNameError
+from robench.registry import registry
 
 
 def test_mnist5k_splits_are_stratified_fixed_and_disjoint():
@@ -50,30 +51,40 @@ def _write_idx(path, arr: np.ndarray, magic: int) -> None:
         fh.write(arr.astype(np.uint8).tobytes())
 
 
-def test_mnist_idx_files_read_through_torchvision(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
+def _write_mnist(root, train_labels: np.ndarray, test_labels: np.ndarray) -> str:
+    raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for split, n in (("train", 200), ("t10k", 50)):
-        _write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), 0x803)
-        _write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(n) % 10, 0x801)
-    d = load_dataset(f"mnist:{tmp_path}")
+    for split, labels in (("train", train_labels), ("t10k", test_labels)):
+        _write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (len(labels), 28, 28)), 0x803)
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", labels, 0x801)
+    return f"mnist:{root}"
+
+
+def test_mnist_idx_files_read_through_torchvision(tmp_path):
+    d = load_dataset(_write_mnist(tmp_path, np.arange(200) % 10, np.arange(50) % 10))
     assert d.x.shape == (250, 1, 28, 28) and float(d.x.max()) <= 1.0
     assert len(d.splits["test"]) == 50 and len(d.splits["val"]) == 20
 
 
-def test_cifar10_batches_read_through_torchvision(tmp_path):
-    folder = tmp_path / "cifar-10-batches-py"
+def _write_cifar(root, train_labels: np.ndarray, test_labels: np.ndarray) -> str:
+    """Five train batches with ``train_labels`` each and a test batch with ``test_labels``."""
+    folder = root / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(0)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for name in names:
-        batch = {"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), "labels": list(np.arange(20) % 10)}
+        labels = test_labels if name == "test_batch" else train_labels
+        batch = {"data": rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8), "labels": list(labels)}
         with open(folder / name, "wb") as fh:
             pickle.dump(batch, fh)
     with open(folder / "batches.meta", "wb") as fh:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, fh)
-    d = load_dataset(f"cifar10:{tmp_path}")
+    return f"cifar10:{root}"
+
+
+def test_cifar10_batches_read_through_torchvision(tmp_path):
+    d = load_dataset(_write_cifar(tmp_path, np.arange(20) % 10, np.arange(20) % 10))
     assert d.x.shape == (120, 3, 32, 32) and len(d.splits["test"]) == 20
 
 
@@ -117,3 +128,86 @@ def test_npz_nhwc_is_transposed(tmp_path):
 def test_npz_bad_contents(tmp_path, arrays, match):
     with pytest.raises(DataError, match=match):
         load_dataset(_npz(tmp_path, **arrays))
+
+
+# -- datasets no model can be honestly trained or evaluated on: one line at load time ---------
+
+TEN = np.arange(200) % 10
+
+
+@pytest.mark.parametrize("write, train_labels, test_labels, match", [
+    (_write_mnist, np.full(200, 3), np.full(50, 3), "needs at least two classes, found 1"),
+    (_write_mnist, TEN, np.arange(50) % 9, r"class\(es\) 9 of 10 have no image in the test split"),
+    (_write_mnist, np.where(TEN == 4, 12, TEN), np.arange(50) % 10, r"labels must be in \[0, 10\).*found 0 to 12"),
+    (_write_cifar, np.arange(20) % 9, np.arange(20) % 10, r"class\(es\) 9 of 10 have no image in the train split"),
+    (_write_cifar, np.zeros(20, int), np.zeros(20, int), "needs at least two classes"),
+    (_write_cifar, np.arange(20) % 10, np.full(20, 10), r"labels must be in \[0, 10\)"),
+])
+def test_official_files_with_bad_classes_are_refused(tmp_path, write, train_labels, test_labels, match):
+    with pytest.raises(DataError, match=match):
+        load_dataset(write(tmp_path, train_labels, test_labels))
+
+
+@pytest.mark.parametrize("labels, match", [
+    (np.zeros(40, int), "needs at least two classes, found 1 \\(labels: 0\\)"),
+    (np.full(40, 7), "needs at least two classes"),
+    (np.arange(40) % 2 * 2, r"class\(es\) 1 of 3 have no image at all"),
+])
+def test_npz_with_bad_classes_is_refused(tmp_path, labels, match):
+    with pytest.raises(DataError, match=match):
+        load_dataset(_npz(tmp_path, x=np.zeros((40, 1, 4, 4)), y=labels))
+
+
+def test_npz_with_a_nan_pixel_is_refused(tmp_path):
+    x = np.zeros((40, 1, 4, 4))
+    x[3, 0, 1, 1] = np.nan
+    with pytest.raises(DataError, match="1 NaN/Inf"):
+        load_dataset(_npz(tmp_path, x=x, y=np.arange(40) % 2))
+
+
+def test_one_class_npz_is_refused_by_robench_train(tmp_path):
+    """Issue 15: an all-one-class npz trained 'successfully' to clean accuracy 1.0."""
+    from click.testing import CliRunner
+
+    from robench.cli import cli
+
+    spec = _npz(tmp_path, x=np.zeros((40, 1, 8, 8)), y=np.zeros(40, int))
+    out = tmp_path / "m.pt"
+    result = CliRunner().invoke(cli, ["train", "--defense", "softmax", "--dataset", spec, "--epochs", "1",
+                                      "--out", str(out), "--quiet"])
+    assert result.exit_code == 1 and "needs at least two classes" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.fixture
+def plugin_dataset():
+    """Registers ``planted``, a dataset plugin whose arrays are set by the test (it bypasses robench's loaders)."""
+    arrays = {}
+
+    def load(arg=None, seed=0):
+        x, y = arrays["x"], arrays["y"]
+        splits = stratified_splits(y.numpy(), fraction_sizes(len(y)), seed)
+        return Dataset("planted", x, y, int(y.max()) + 1, (0.5,), (0.25,), splits, seed)
+
+    registry("datasets").register("planted", load)
+    yield arrays
+    registry("datasets").unregister("planted")
+
+
+@pytest.mark.parametrize("value, match", [(float("nan"), "1 NaN or Inf"), (float("inf"), "1 NaN or Inf"),
+                                          (1.5, r"in \[0, 1\], found values in \[0, 1.5\]"),
+                                          (-0.25, r"found values in \[-0.25, 1\]")])
+def test_every_dataset_kind_is_checked_at_load_time(plugin_dataset, value, match):
+    x = torch.rand(60, 1, 4, 4)
+    x[0, 0, 0, 0], x[1, 0, 0, 0] = 0.0, 1.0
+    plugin_dataset.update(x=x, y=torch.arange(60) % 3)
+    assert load_dataset("planted").num_classes == 3
+    x[5, 0, 2, 2] = value
+    with pytest.raises(DataError, match=match):
+        load_dataset("planted")
+
+
+def test_builtin_datasets_pass_the_checks():
+    for spec in ("digits", "mnist5k"):
+        data = load_dataset(spec)
+        assert check_dataset(data) is data

@@ -100,10 +100,11 @@ def test_channels_last_gives_the_same_examples(softmax_model, digits_batch):
 
 @pytest.mark.slow
 def test_compiled_forward_gives_the_same_examples(softmax_model, digits_batch):
+    from robench.attacks import Runtime
+
     x, y = digits_batch
     plain = create_attack("pgd", softmax_model, eps=0.1, steps=3, seed=1)
-    compiled = create_attack("pgd", softmax_model, eps=0.1, steps=3, seed=1)
-    compiled.compile = True
+    compiled = create_attack("pgd", softmax_model, eps=0.1, steps=3, seed=1, runtime=Runtime(compile=True))
     assert torch.allclose(plain(x[:32], y[:32]), compiled(x[:32], y[:32]), atol=1e-5)
     assert compiled.n_backward == plain.n_backward
 

@@ -18,6 +18,7 @@ import torch
 from robench.errors import DataError, RobenchError, UsageError
 from robench.metrics import CALIBRATION_FPRS
 from robench.models import RobustModel
+from robench.params import Range, check_known, check_params, is_number
 
 DEFAULT_FPRS = CALIBRATION_FPRS  # the rates the metrics report (fpr1, fpr5)
 
@@ -61,16 +62,15 @@ class Detector:
     requires_gm: ClassVar[bool] = False
     requires_fit: ClassVar[bool] = True  # False: fit() only checks its inputs
     defaults: ClassVar[Dict[str, Any]] = {}
+    ranges: ClassVar[Dict[str, Range]] = {}  # one per numeric parameter, checked on construction
 
     def __init__(self, model: RobustModel, **params: Any) -> None:
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            raise UsageError(
-                f"detector {self.name}: unknown parameter(s) {', '.join(unknown)} "
-                f"(known: {', '.join(sorted(self.defaults)) or 'none'})")
+        where = f"detector {self.name}"
+        check_known(where, params, list(self.defaults), "parameter")
         self.params: Dict[str, Any] = {**self.defaults, **params}
         for key, value in self.params.items():
             self._check_number(key, value)
+        self.params = check_params(where, self.params, self.ranges)
         if self.requires_gm and not model.is_gm:
             raise RobenchError(
                 f"detector {self.name} needs a Gaussian-mixture (GM) model; model "
@@ -80,10 +80,9 @@ class Detector:
         self._thresholds: Dict[float, float] = {}
 
     def _check_number(self, key: str, value: Any) -> None:
-        default = self.defaults[key]
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok:
+        """The type check of a numeric parameter without a declared range (a plugin's)."""
+        if key not in self.ranges and is_number(self.defaults[key]):
+            if not (is_number(value) and math.isfinite(value)):
                 raise UsageError(f"detector {self.name}: {key} must be a finite number, got {value!r}")
 
     def __repr__(self) -> str:
@@ -154,6 +153,16 @@ class Detector:
         Adaptive (white-box) attacks back-propagate through this.
         """
         raise NotImplementedError
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """The detector's own input step before scoring (identity: returns ``x`` itself).
+
+        :meth:`score` scores ``preprocess(x)``. A step that is not differentiable
+        (or not meant to be) is attacked through a straight-through estimate of it
+        (BPDA: ``x + (preprocess(x) - x).detach()``), so white-box attacks optimise
+        the function :meth:`score` really computes; see :mod:`robench.attacks.adaptive`.
+        """
+        return x
 
     def flag(self, scores: torch.Tensor, fpr: float) -> torch.Tensor:
         """Boolean mask of scores above the threshold calibrated for ``fpr``."""

@@ -32,14 +32,13 @@ Example::
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
 from robench.archs import squared_distances
 from robench.defenses.detectors.base import Detector
-from robench.errors import DataError, UsageError
-from robench.models import RobustModel
+from robench.errors import DataError
+from robench.params import Range
 
 
 class KernelDensity(Detector):
@@ -47,16 +46,7 @@ class KernelDensity(Detector):
 
     name = "kd"
     defaults = {"bandwidth": 1.0, "max_per_class": 500, "seed": 0}
-
-    def __init__(self, model: RobustModel, **params: Any) -> None:
-        super().__init__(model, **params)
-        if self.params["bandwidth"] <= 0:
-            raise UsageError(f"detector {self.name}: bandwidth must be > 0, got {self.params['bandwidth']}")
-        cap = self.params["max_per_class"]
-        if not isinstance(cap, int) or cap < 1:
-            raise UsageError(f"detector {self.name}: max_per_class must be an integer >= 1, got {cap!r}")
-        if not isinstance(self.params["seed"], int):
-            raise UsageError(f"detector {self.name}: seed must be an integer, got {self.params['seed']!r}")
+    ranges = {"bandwidth": Range(float, 0, low_open=True), "max_per_class": Range(int, 1), "seed": Range(int, 0)}
 
     def _fit(self, features: torch.Tensor, y: torch.Tensor) -> None:
         k = self.model.num_classes

@@ -18,12 +18,13 @@ collinear feature dimensions cannot blow the score up. Only the penultimate
 features are used (the paper's single-layer variant, no feature ensemble).
 
 Parameters:
-    noise (0.0): magnitude of the paper's input pre-processing, in pixel units.
+    noise (0.0, in [0, 1]): magnitude of the paper's input pre-processing, in pixel units.
         When > 0, :meth:`score` first moves the input against the gradient of
         the distance, ``x' = clip(x - noise * sign(grad_x score(x)), 0, 1)``,
         and scores ``x'``. It is a fixed hyper-parameter: robench never tunes
-        it on test data or on the attack. :meth:`score_from` (the path
-        adaptive attacks differentiate) ignores it.
+        it on test data or on the attack. The step is :meth:`preprocess`;
+        :meth:`score_from` does not include it, and white-box attacks go through
+        it by BPDA (the real step's value, the identity's gradient).
 
 Example::
 
@@ -33,13 +34,10 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from robench.defenses.detectors.base import Detector
-from robench.errors import UsageError
-from robench.models import RobustModel
+from robench.params import Range
 
 RCOND = 1e-6  # eigenvalues below RCOND * largest count as zero variance
 
@@ -49,11 +47,7 @@ class Mahalanobis(Detector):
 
     name = "mahalanobis"
     defaults = {"noise": 0.0}
-
-    def __init__(self, model: RobustModel, **params: Any) -> None:
-        super().__init__(model, **params)
-        if self.params["noise"] < 0:
-            raise UsageError(f"detector {self.name}: noise must be >= 0, got {self.params['noise']}")
+    ranges = {"noise": Range(float, 0, 1)}  # pixel units: beyond 1 every pixel is already clipped
 
     def _fit(self, features: torch.Tensor, y: torch.Tensor) -> None:
         f = features.double()
@@ -78,14 +72,18 @@ class Mahalanobis(Detector):
         return (z.unsqueeze(1) - m.unsqueeze(0)).pow(2).sum(dim=2)
 
     def _score_batch(self, x: torch.Tensor) -> torch.Tensor:
+        return super()._score_batch(self.preprocess(x))
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """The paper's input step ``clip(x - noise * sign(grad_x score(x)), 0, 1)``; ``x`` itself when noise is 0."""
         eps = float(self.params["noise"])
-        if eps > 0:
-            with torch.enable_grad():
-                x_req = x.detach().requires_grad_(True)
-                dist = self.score_from(self.model.features(x_req), None)
-                (grad,) = torch.autograd.grad(dist.sum(), x_req)
-            x = (x - eps * grad.sign()).clamp(0.0, 1.0)
-        return super()._score_batch(x)
+        if eps <= 0:
+            return x
+        with torch.enable_grad():
+            x_req = x.detach().requires_grad_(True)
+            dist = self.score_from(self.model.features(x_req), None)
+            (grad,) = torch.autograd.grad(dist.sum(), x_req)
+        return (x.detach() - eps * grad.sign()).clamp(0.0, 1.0)
 
 
 def pinv_sqrt(cov: torch.Tensor, rcond: float = RCOND) -> torch.Tensor:

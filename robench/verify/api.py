@@ -1,0 +1,345 @@
+"""``verify_points``: per-point exact verification or certified bounds for a RobustModel.
+
+The question, per point ``(x, y)`` and budget eps: is there an ``x'`` in the
+Linf ball intersected with [0, 1] with ``z_t(x') >= z_y(x')`` for some
+``t != y`` (and, with a gm-likelihood ``threshold``, ``1/2 |f(x') - mu_t|^2 <=
+threshold``, i.e. misclassified AND not flagged)?
+
+``exact`` answers it by one mixed-integer program per target class that the
+bounds leave open, not one program with a binary per target: each per-target
+program is the tight big-M program itself (no second big-M over the choice of
+target), its solve stops as soon as the sign of its optimum is known, targets
+that CROWN (after LP tightening) certifies are skipped, the attack's target
+comes first so a non-robust point usually costs one solve, and with the
+detector the quadratic constraint is per target anyway. Every counterexample is
+re-checked in float32 on the real model; one that does not fool it gives
+``counterexample-rejected``, never ``not-robust``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import ClassVar, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from robench.errors import UsageError
+from robench.params import Range, check_choice
+from robench.verify.bounds import Bounds, compute_bounds, input_box
+from robench.verify.extract import extract_network
+from robench.verify.network import DTYPE, Network, numel
+
+METHODS = ("exact", "crown", "crown-ibp", "ibp")
+NORMS = ("linf",)
+SOLVER_CHOICES = ("auto", "highs", "scip")
+STATUSES = ("robust", "not-robust", "unknown", "counterexample-rejected")
+
+
+@dataclass
+class VerifyResult:
+    """The verdict on one point.
+
+    Attributes:
+        status: ``robust`` (proved), ``not-robust`` (a counterexample that fools
+            the float32 model), ``unknown`` (not decided: time limit, or bounds
+            too loose for crown/ibp), ``counterexample-rejected`` (the program's
+            counterexample does not fool the float32 model and nothing else was found).
+        margin_lower: a proven lower bound on ``min_t z_y - z_t`` over the ball
+            (over its unflagged part with a threshold; inf when no point is unflagged).
+        margin_upper: the smallest margin at a concrete point found (inf if none).
+        counterexample: (C, H, W) float32 input that fools the model, or None.
+        recheck_pred, recheck_margin, recheck_score: the float32 model's class,
+            ``z_y - max_{k != y} z_k`` and detector score at the checked candidate.
+        target: the class of the counterexample's program, or None.
+    """
+
+    index: int
+    label: int
+    status: str
+    method: str
+    eps: float
+    threshold: Optional[float]
+    margin_lower: float
+    margin_upper: float
+    counterexample: Optional[torch.Tensor]
+    recheck_pred: Optional[int]
+    recheck_margin: Optional[float]
+    recheck_score: Optional[float]
+    target: Optional[int]
+    seconds: float
+    solver: Optional[str]
+    n_binaries: int
+    targets_solved: int
+    targets_certified: int
+    nodes: int
+
+    @property
+    def robust(self) -> bool:
+        return self.status == "robust"
+
+    def as_row(self) -> Dict[str, object]:
+        """Every field but the counterexample tensor (for tables and JSON)."""
+        row = {k: v for k, v in self.__dict__.items() if k != "counterexample"}
+        row["has_counterexample"] = self.counterexample is not None
+        return row
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """The settings of one verification run (checked on construction)."""
+
+    eps: float
+    method: str = "exact"
+    norm: str = "linf"
+    threshold: Optional[float] = None
+    time_limit: float = 60.0
+    solver: str = "auto"
+    tighten: bool = True
+    stop_at_sign: bool = True
+
+    ranges: ClassVar[Dict[str, Range]] = {
+        "eps": Range(float, 0.0, 1.0),
+        "time_limit": Range(float, 0.0, None, low_open=True),
+        "threshold": Range(float, None, None, optional=True),
+    }
+
+    def __post_init__(self) -> None:
+        for name, rng in self.ranges.items():
+            object.__setattr__(self, name, rng.check("verify", name, getattr(self, name)))
+        check_choice("verify", "method", self.method, METHODS)
+        check_choice("verify", "norm", self.norm, NORMS)
+        check_choice("verify", "solver", self.solver, SOLVER_CHOICES)
+        if self.solver == "highs" and self.threshold is not None and self.method == "exact":
+            raise UsageError("verify: solver highs cannot express the detector's quadratic constraint; "
+                             "use solver scip (or auto)")
+
+    @property
+    def resolved_solver(self) -> str:
+        if self.solver != "auto":
+            return self.solver
+        return "scip" if self.threshold is not None else "highs"
+
+
+def supported(model: torch.nn.Module) -> Optional[str]:
+    """None when the verifier can encode ``model``, else the one-line reason."""
+    try:
+        extract_network(model)
+    except UsageError as exc:
+        return str(exc)
+    return None
+
+
+def check_supported(model: torch.nn.Module, method: str = "exact", threshold: Optional[float] = None) -> Network:
+    """The model's graph, or a UsageError naming what is not supported (before any work)."""
+    check_choice("verify", "method", method, METHODS)
+    if threshold is not None and not getattr(model, "is_gm", False):
+        raise UsageError("verify: a detector threshold needs a Gaussian-mixture (GM) model with the "
+                         "gm-likelihood detector; this model has a linear head")
+    net = extract_network(model)
+    if method == "exact":
+        from robench.verify.solvers import import_solver
+
+        import_solver("highs")
+        import_solver("scip") if threshold is not None else None
+    return net
+
+
+def verify_points(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                  method: str = "exact", norm: str = "linf", threshold: Optional[float] = None,
+                  time_limit: float = 60.0, x_start: Optional[torch.Tensor] = None,
+                  solver: str = "auto", tighten: bool = True, stop_at_sign: bool = True,
+                  progress: bool = False) -> List[VerifyResult]:
+    """Verify each point of a batch.
+
+    Args:
+        model: a :class:`~robench.models.RobustModel` (inputs in [0, 1]).
+        x: (N, C, H, W) points in [0, 1]; y: (N,) labels.
+        eps: the Linf budget in pixel space.
+        method: ``exact`` (MILP), ``crown``, ``crown-ibp`` or ``ibp``.
+        norm: ``linf`` (the only one supported).
+        threshold: gm-likelihood threshold (score = min_k 1/2 |f - mu_k|^2, flagged
+            when above): verify "misclassified and not flagged"; None for plain robustness.
+        time_limit: seconds of solving per point (exact).
+        x_start: optional (N, C, H, W) points of the ball (an attack's best), tried
+            first and used as the solver's warm start.
+        solver: ``auto`` (HiGHS, or SCIP with a threshold), ``highs`` or ``scip``.
+        tighten: LP-tighten intermediate bounds before the program (exact).
+        stop_at_sign: stop each solve once the sign of its optimum is known; False
+            solves to optimality so the margins are the exact minimum.
+        progress: show a progress bar on a terminal.
+    """
+    cfg = VerifyConfig(eps=eps, method=method, norm=norm, threshold=threshold, time_limit=time_limit,
+                       solver=solver, tighten=tighten, stop_at_sign=stop_at_sign)
+    x, y, x_start = _check_inputs(model, x, y, x_start)
+    net = check_supported(model, cfg.method, cfg.threshold)
+    from robench.progress import progress_bar
+
+    bar = progress_bar(total=len(x), desc=f"verify {cfg.method}", unit="pt", disable=not progress)
+    results = []
+    for i in range(len(x)):
+        start = None if x_start is None else x_start[i]
+        results.append(_PointVerifier(model, net, cfg).run(i, x[i], int(y[i]), start))
+        bar.update(1)
+    bar.close()
+    return results
+
+
+def _check_inputs(model, x, y, x_start):
+    shape = tuple(int(s) for s in model.info.input_shape)
+    if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != shape or not x.is_floating_point():
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise UsageError(f"verify: x must be float images of shape (N, {', '.join(map(str, shape))}), got {got}")
+    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+        raise UsageError("verify: x must lie in [0, 1]")
+    y = torch.as_tensor(y)
+    if y.dim() != 1 or len(y) != len(x) or y.is_floating_point():
+        raise UsageError(f"verify: y must be {len(x)} integer labels, got shape {tuple(y.shape)}")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= model.num_classes):
+        raise UsageError(f"verify: labels must be in [0, {model.num_classes - 1}]")
+    if x_start is not None and (not isinstance(x_start, torch.Tensor) or x_start.shape != x.shape):
+        raise UsageError(f"verify: x_start must have the shape of x {tuple(x.shape)}")
+    return x.detach().cpu().float(), y.long().cpu(), None if x_start is None else x_start.detach().cpu().float()
+
+
+class _PointVerifier:
+    """One point's verification: candidates, bounds, then one program per open target."""
+
+    def __init__(self, model, net: Network, cfg: VerifyConfig) -> None:
+        self.model, self.net, self.cfg = model, net, cfg
+
+    def run(self, index: int, x0: torch.Tensor, y: int, x_start: Optional[torch.Tensor]) -> VerifyResult:
+        self.t0, self.y, self.x0 = time.perf_counter(), y, x0
+        self.box = input_box(x0, self.cfg.eps)
+        lo32, hi32 = (x0 - self.cfg.eps).clamp(min=0.0), (x0 + self.cfg.eps).clamp(max=1.0)
+        self.box32 = (lo32, hi32)
+        self.out = VerifyResult(index, y, "unknown", self.cfg.method, self.cfg.eps, self.cfg.threshold,
+                                -math.inf, math.inf, None, None, None, None, None, 0.0, None, 0, 0, 0, 0)
+        candidates = [x0] + ([torch.max(torch.min(x_start, hi32), lo32)] if x_start is not None else [])
+        for cand in candidates:
+            if self._try_candidate(cand, None):
+                return self._finish("not-robust")
+        bounds = compute_bounds(self.net, self.box, y, "crown" if self.cfg.method == "exact" else self.cfg.method)
+        open_targets = self._open_targets(bounds)
+        if open_targets and self.cfg.method == "exact" and self.cfg.tighten:
+            from robench.verify.tighten import tighten_bounds
+
+            bounds = tighten_bounds(self.net, bounds, self.box, y)
+            open_targets = self._open_targets(bounds)
+        self.lower = {t: float(bounds.margin_lower[t]) for t in range(len(bounds.margin_lower)) if t != y}
+        for t in self._unreachable(bounds):
+            self.lower[t] = math.inf
+        self.out.targets_certified = len(self.lower) - len(open_targets)
+        if not open_targets:
+            return self._finish("robust")
+        if self.cfg.method != "exact":
+            return self._finish("unknown")
+        return self._exact(bounds, open_targets, candidates[-1])
+
+    # -- candidates and the float32 re-check -------------------------------------------
+    def _try_candidate(self, cand: torch.Tensor, target: Optional[int]) -> bool:
+        """Re-check ``cand`` on the float32 model; True (and recorded) when it is a counterexample."""
+        self.out.margin_upper = min(self.out.margin_upper, self._margin64(cand))
+        with torch.no_grad():
+            f, logits = self.model.features_and_logits(cand.unsqueeze(0).to(self.model.device))
+        logits = logits[0].float().cpu()
+        pred = int(logits.argmax())
+        others = torch.cat([logits[:self.y], logits[self.y + 1:]])
+        margin = float(logits[self.y] - others.max())
+        score = float(-logits.max()) if self.model.is_gm else None
+        fools = pred != self.y and (self.cfg.threshold is None or score <= self.cfg.threshold)
+        if fools or target is not None:
+            self.out.recheck_pred, self.out.recheck_margin, self.out.recheck_score = pred, margin, score
+            self.out.target = target if target is not None else pred
+        if fools:
+            self.out.counterexample = cand.clone()
+        return fools
+
+    def _margin64(self, cand: torch.Tensor) -> float:
+        """min over targets (that the detector lets through) of z_y - z_t at ``cand``, in float64."""
+        values = self.net.forward(cand.to(DTYPE).unsqueeze(0))
+        z = values[self.net.output][0]
+        margins = z[self.y] - z
+        ok = torch.ones_like(margins, dtype=torch.bool)
+        ok[self.y] = False
+        if self.cfg.threshold is not None:
+            f = values[self.net.features][0]
+            ok &= 0.5 * ((f - self.net.mu) ** 2).sum(1) <= self.cfg.threshold
+        return float(margins[ok].min()) if ok.any() else math.inf
+
+    # -- bounds -----------------------------------------------------------------------------
+    def _unreachable(self, bounds: Bounds) -> List[int]:
+        """Targets whose class mean no feature in the bounds' box comes within the threshold of."""
+        if self.cfg.threshold is None:
+            return []
+        lo, hi = bounds.lower[self.net.features], bounds.upper[self.net.features]
+        mu = self.net.mu
+        gap = torch.clamp(lo - mu, min=0) + torch.clamp(mu - hi, min=0)  # per-coordinate distance to the box
+        far = 0.5 * (gap ** 2).sum(1) > self.cfg.threshold
+        return [t for t in range(len(mu)) if t != self.y and bool(far[t])]
+
+    def _open_targets(self, bounds: Bounds) -> List[int]:
+        far = set(self._unreachable(bounds))
+        return [t for t in range(len(bounds.margin_lower))
+                if t != self.y and t not in far and float(bounds.margin_lower[t]) <= 0]
+
+    # -- the programs --------------------------------------------------------------------------
+    def _exact(self, bounds: Bounds, targets: Sequence[int], warm: torch.Tensor) -> VerifyResult:
+        from robench.verify.milp import build_program
+        from robench.verify.solvers import SIGN_TOL, Quadratic, solve
+
+        prog = build_program(self.net, bounds)
+        self.out.solver, self.out.n_binaries = self.cfg.resolved_solver, prog.n_binaries
+        start = prog.values(self.net, warm)
+        z = self.net.forward(warm.to(DTYPE).unsqueeze(0))[self.net.output][0]
+        order = sorted(targets, key=lambda t: float(z[self.y] - z[t]))  # the attack's target first
+        unknown, rejected = False, False
+        for t in order:
+            if not self.cfg.stop_at_sign and self.lower[t] >= self.out.margin_upper:
+                continue  # cannot be the minimum
+            left = self.cfg.time_limit - (time.perf_counter() - self.t0)
+            if left <= 0:
+                unknown = True
+                break
+            coef = np.zeros(len(z))
+            coef[self.y], coef[t] = 1.0, -1.0
+            cost, const = prog.objective(self.net.output, coef)
+            quad = None
+            if self.cfg.threshold is not None:
+                quad = Quadratic(prog.exprs[self.net.features], self.net.mu[t].numpy(), self.cfg.threshold)
+            res = solve(prog, cost, const, self.out.solver, left, start, self.cfg.stop_at_sign, quad)
+            self.out.targets_solved += 1
+            self.out.nodes += res.nodes
+            if res.status != "unknown":
+                self.lower[t] = max(self.lower[t], res.dual)
+            decided = self.lower[t] > 0
+            if res.solution is not None:
+                cand = self._input_of(res.solution)
+                if res.primal <= SIGN_TOL:  # a candidate counterexample
+                    if self._try_candidate(cand, t):
+                        return self._finish("not-robust")
+                    rejected = decided = True
+                else:
+                    self.out.margin_upper = min(self.out.margin_upper, self._margin64(cand))
+            unknown = unknown or not decided
+        return self._finish("unknown" if unknown else "counterexample-rejected" if rejected else "robust")
+
+    def _input_of(self, solution: np.ndarray) -> torch.Tensor:
+        n = numel(self.net.input_shape)
+        cand = torch.from_numpy(np.asarray(solution[:n], dtype=np.float64)).reshape(self.net.input_shape)
+        return torch.max(torch.min(cand.float(), self.box32[1]), self.box32[0])
+
+    def _finish(self, status: str) -> VerifyResult:
+        out = self.out
+        out.status = status
+        if status == "not-robust":
+            out.margin_lower = min(getattr(self, "lower", {}).values(), default=-math.inf)
+            out.margin_lower = min(out.margin_lower, out.margin_upper)
+        else:
+            out.margin_lower = min(self.lower.values()) if getattr(self, "lower", None) else -math.inf
+        if status == "robust" and not out.margin_lower > 0:
+            raise AssertionError("a robust verdict without a positive margin bound")  # a bug, never a user error
+        out.seconds = time.perf_counter() - self.t0
+        return out
