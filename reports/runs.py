@@ -76,7 +76,7 @@ def with_worst_case(run: ReportRun) -> Tuple[pd.DataFrame, str]:
         return results, ""
     try:  # without records to compute from, results.csv's own rows (if any) stand alone
         if run.samples.empty:
-            raise RobenchError("no samples.csv, so no worst case over the attacks")
+            raise RobenchError("no per-sample records, so no worst case over the attacks")
         rows = worst_case_rows(results, run.samples, cells=run.cells)
     except RobenchError as exc:
         return results, "" if len(given) else str(exc)

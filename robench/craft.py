@@ -140,10 +140,7 @@ def craft_key(cell: Cell, attack: str, source: Source, ctx: ModelContext, kwargs
               cfg: RunConfig, active: Optional[torch.Tensor]) -> str:
     """What decides an attack's output: gray-box and the white-box attacker's first candidate share it."""
     if "objective" not in kwargs and accepts(attack, "objective"):
-        from robench.registry import registry
-
-        default = inspect.signature(registry("attacks").get(attack)).parameters["objective"].default
-        kwargs = {**kwargs, "objective": default}
+        kwargs = {**kwargs, "objective": default_objective(attack)}
     detector = kwargs.get("detector")
     plain = {k: repr(v) for k, v in kwargs.items() if k != "detector"}
     mask = None if active is None else hashlib.sha1(active.to(torch.uint8).cpu().numpy().tobytes()).hexdigest()
@@ -166,10 +163,20 @@ def candidates(cell: Cell, ctx: ModelContext, detector: Any) -> List[Candidate]:
             return members
         extra = white_box_candidates(members[0].attack, {"steps": 100}, ctx.model.is_gm, detector is not None, k)
         return members[:2] + [c for c in extra[1:] if c.label != "margin"] + members[2:]
-    base = Candidate(str(cell.kwargs.get("objective", "default")), cell.attack, dict(cell.kwargs))
+    base = Candidate(str(cell.kwargs.get("objective", default_objective(cell.attack))), cell.attack,
+                     dict(cell.kwargs))
     if not white or not accepts(cell.attack, "objective"):
         return [base]
     return white_box_candidates(cell.attack, cell.kwargs, ctx.model.is_gm, detector is not None, k)
+
+
+def default_objective(attack: str) -> str:
+    """The objective an attack uses when none is given ("default" for one without objectives)."""
+    from robench.registry import registry
+
+    if not accepts(attack, "objective"):
+        return "default"
+    return str(inspect.signature(registry("attacks").get(attack)).parameters["objective"].default)
 
 
 def craft_cell(cell: Cell, ctx: ModelContext, surrogate: Optional[Source], cfg: RunConfig, cache: CraftCache,
@@ -189,18 +196,18 @@ def craft_cell(cell: Cell, ctx: ModelContext, surrogate: Optional[Source], cfg: 
     scope = torch.ones(len(ctx.y), dtype=torch.bool) if active is None else active
     x_best, rank = ctx.x.clone(), torch.full((len(ctx.y),), -1, dtype=torch.long)
     score, pick = torch.full((len(ctx.y),), float("inf")), torch.full((len(ctx.y),), -1, dtype=torch.long)
-    passes, halved = 0, ()
+    passes, halved, used = 0, (), cands[0].label
     for i, cand in enumerate(cands):
         mask = active if i == 0 else scope & (rank < 2)
         if mask is not None and not bool(mask.any()):
             break
         made = craft(cell, cand, source, ctx, cfg, cache, quiet, detector=detector, active=mask)
-        passes, halved = passes + made.passes, halved + made.halved
+        passes, halved, used = passes + made.passes, halved + made.halved, made.objective
         new_rank, new_score = attacker_view(ctx, detector, made.x_adv, cfg.batch_size)
         take = (scope if mask is None else mask) & ((new_rank > rank) | ((new_rank == rank) & (new_score < score)))
         x_best[take], rank[take], score[take], pick[take] = made.x_adv[take], new_rank[take], new_score[take], i
     if len(cands) == 1:
-        return Crafted(x_best, passes, made.objective, "", halved)
+        return Crafted(x_best, passes, used, "", halved)
     wins = ";".join(f"{c.label}:{int(((pick == i) & (rank == 2)).sum())}" for i, c in enumerate(cands))
     return Crafted(x_best, passes, "cascade:" + "+".join(c.label for c in cands), wins, halved)
 

@@ -368,24 +368,26 @@ class RunDir:
         return atomic_write_json(self.cell_dir(cell_id) / "timing.json", {"seconds": seconds})
 
     # -- finishing -----------------------------------------------------------------------
-    def finalize(self, extra_rows: Optional[pd.DataFrame] = None) -> pd.DataFrame:
+    def finalize(self, worst_case: bool = True) -> pd.DataFrame:
         """Merge every cell into results.csv, samples and timings.csv; return the results.
 
-        ``extra_rows``: rows computed from the cells (the worst case over a run's
-        attacks), written into results.csv after the cells' own rows.
+        ``worst_case``: add a ``worst-case`` row per (model, eps, norm, threat, detector),
+        computed from the cells' per-sample records (:mod:`robench.worstcase`).
         """
         ids = self.cell_ids()
         rows = [self.cell_row(c) for c in ids]
-        results = pd.DataFrame(rows).drop(columns="cell_id", errors="ignore") if rows else pd.DataFrame()
-        if extra_rows is not None and len(extra_rows):
-            results = pd.concat([results, extra_rows], ignore_index=True)
-        write_results(results, self.path / "results.csv")
         order = {c: i for i, c in enumerate(_cell_order(rows))}
         parts = [self.samples(c) for c in ids]
         samples = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=SAMPLE_COLUMNS)
         samples = order_columns(samples, SAMPLE_COLUMNS)
         samples["_order"] = samples["cell_id"].map(order)
         samples = sort_rows(samples, ["_order", "index"]).drop(columns="_order")
+        results = pd.DataFrame(rows) if rows else pd.DataFrame()
+        if worst_case and len(results):
+            from robench.worstcase import worst_case_rows
+
+            results = pd.concat([results, worst_case_rows(results, samples, seed=None)], ignore_index=True)
+        write_results(results.drop(columns="cell_id", errors="ignore"), self.path / "results.csv")
         for stale in ("samples.parquet", "samples.csv"):  # one format per run
             (self.path / stale).unlink(missing_ok=True)
         write_table(self.path / "samples", samples)

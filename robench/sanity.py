@@ -23,12 +23,14 @@ def _row(model: str, check: str, flagged: bool, evidence: str) -> Dict[str, obje
 
 def check_results(results: pd.DataFrame) -> List[Dict[str, object]]:
     """Checks that need only the results table."""
+    from robench.worstcase import worst_case_checks
+
     rows: List[Dict[str, object]] = []
     for model, df in results.groupby("model", sort=True):
         rows.append(_monotone(model, df))
         rows.append(_single_step(model, df))
         rows.append(_threat_order(model, df))
-    return rows
+    return rows + worst_case_checks(results)
 
 
 def _monotone(model: str, df: pd.DataFrame) -> Dict[str, object]:
@@ -77,18 +79,19 @@ def _threat_order(model: str, df: pd.DataFrame) -> Dict[str, object]:
 
 
 def check_model(model, x: torch.Tensor, y: torch.Tensor, attack_acc: Dict[str, Tuple[float, float]],
-                seed: int = 0, batch_size: int = 256) -> List[Dict[str, object]]:
-    """Checks that run the model: gradients, determinism, eps = 1, random noise.
+                seed: int = 0, batch_size: int = 256, eot: int = 1) -> List[Dict[str, object]]:
+    """Checks that run the model: gradients, their noise, determinism, eps = 1, random noise.
 
     Args:
         attack_acc: per norm ("Linf", "L2"), (eps, lowest robust accuracy of any
             attack at that eps): the largest budget the run attacked with.
+        eot: the largest ``eot`` any attack of the run used on this model.
     """
     name = model.info.name
     x, y = x.to(model.device), y.to(model.device)
     probe_x, probe_y = x[:PROBE_N], y[:PROBE_N]
-    rows = [_gradients(name, model, probe_x, probe_y), _determinism(name, model, probe_x),
-            _unbounded(name, model, probe_x, probe_y, seed)]
+    rows = [_gradients(name, model, probe_x, probe_y), _gradient_noise(name, model, probe_x, probe_y, eot),
+            _determinism(name, model, probe_x), _unbounded(name, model, probe_x, probe_y, seed)]
     rows.insert(0, _near_chance(name, model, x, y, batch_size))
     for norm in sorted(attack_acc) or ["Linf"]:
         eps, acc = attack_acc.get(norm, (0.0, None))
@@ -124,6 +127,22 @@ def _gradients(name: str, model, x: torch.Tensor, y: torch.Tensor) -> Dict[str, 
     frac = float(zero.float().mean())
     return _row(name, "input gradients non-zero and finite", frac > 0.01,
                 f"{frac:.1%} of {len(x)} samples have zero or NaN input gradients")
+
+
+GRADIENT_SPREAD = 0.05  # relative variance of input gradients above which a model counts as randomised
+SPREAD_PROBE = 16
+
+
+def _gradient_noise(name: str, model, x: torch.Tensor, y: torch.Tensor, eot: int) -> Dict[str, object]:
+    """A randomised model needs EoT: one-draw gradients of it point in a noisy direction."""
+    from robench.attacks.eot import gradient_spread
+
+    spread = gradient_spread(model, x[:SPREAD_PROBE], y[:SPREAD_PROBE], draws=4)
+    noisy = spread > GRADIENT_SPREAD
+    return _row(name, "input gradients deterministic, or attacked with EoT", noisy and eot < 2,
+                f"relative gradient variance over 4 draws {spread:.3g} (threshold {GRADIENT_SPREAD:g}); "
+                f"largest eot used: {eot}" + ("; randomised: attack with eot=N (N >= 8)" if noisy and eot < 2
+                                              else ""))
 
 
 @torch.no_grad()
@@ -178,6 +197,17 @@ def random_direction(x: torch.Tensor, norm: str, seed: int) -> torch.Tensor:
 NOISE_NORMS = ("Linf", "L2")
 
 
+def largest_eot(results: pd.DataFrame, model: str) -> int:
+    """The largest ``eot=N`` in the attack parameters of ``model``'s rows (1 when none)."""
+    import re
+
+    if not len(results) or "attack_params" not in results:
+        return 1
+    params = results.loc[results["model"] == model, "attack_params"].astype(str)
+    found = [int(m) for text in params for m in re.findall(r"(?:^|[,;:])eot=(\d+)", text)]
+    return max(found, default=1)
+
+
 def strongest_attacks(results: pd.DataFrame, model: str) -> Dict[str, Tuple[float, float]]:
     """Per norm, (largest eps > 0, lowest robust accuracy at it) of ``model``'s rows."""
     out: Dict[str, Tuple[float, float]] = {}
@@ -200,7 +230,7 @@ def sanity_report(results: pd.DataFrame, contexts: Dict[str, object], seed: int 
     """
     rows = check_results(results) if len(results) else []
     for name, (model, x, y) in sorted(contexts.items()):
-        rows += check_model(model, x, y, strongest_attacks(results, name), seed, batch_size)
+        rows += check_model(model, x, y, strongest_attacks(results, name), seed, batch_size, largest_eot(results, name))
         rows += [r for r in extra or [] if r["model"] == name]
     report = pd.DataFrame(rows, columns=["model", "check", "flagged", "evidence"])
     return report.sort_values("model", kind="stable").reset_index(drop=True)  # each model's checks together

@@ -62,7 +62,7 @@ def white_box_candidates(attack: str, kwargs: Dict[str, Any], is_gm: bool, has_d
        detector steps after);
     4. the margin objective (CW loss, not saturated by a confident softmax).
     """
-    given = Candidate(str(kwargs.get("objective", "default")), attack, dict(kwargs))
+    given = Candidate(str(kwargs.get("objective", "given")), attack, dict(kwargs))
     plain = {k: v for k, v in kwargs.items() if k not in ("objective", "targets", "update")}
     extra = []
     if is_gm and num_classes > 2:

@@ -33,9 +33,9 @@ import pandas as pd
 
 from robench.errors import RobenchError
 from robench.metrics import cell_metrics
-from robench.results import CELL_KEY, ID_COLUMNS, RESULT_COLUMNS, order_columns, sort_rows
+from robench.io import order_columns, sort_rows
+from robench.schema import CELL_KEY, ID_COLUMNS, RESULT_COLUMNS, WORST_CASE
 
-WORST_CASE = "worst-case"
 BOUNDED_NORMS = ("linf", "l2", "l1")
 GROUP_COLUMNS: List[str] = ["model", "defense", "dataset", "arch", "norm", "eps", "threat", "detector", "seed"]
 LOST_AT = "flagged_fpr5"  # the white-box attacker's threshold: a point is lost misclassified and under it

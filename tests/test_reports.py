@@ -16,7 +16,7 @@ from robench.errors import RobenchError
 from robench.metrics import cell_metrics
 from robench.reports import build_report
 from robench.reports.runs import load_runs
-from robench.results import ID_COLUMNS, RunDir, atomic_write_csv, make_cell_id
+from robench.results import ID_COLUMNS, RunDir, atomic_write_csv, make_cell_id, write_results
 from robench.worstcase import WORST_CASE, worst_case_problems, worst_case_rows
 
 K = 10  # classes
@@ -132,8 +132,9 @@ def test_report_writes_every_file(report):
     assert index == out / "index.html" and index.is_file()
     metrics = pd.read_csv(out / "metrics.csv")
     cells = 2 * (2 * 2 + 1) * 2 * 2  # models x (attacks x eps + cw-l2) x threats x detectors
-    assert len(RunDir(run).results()) == cells
-    assert len(metrics) == cells + 2 * 2 * 2 * 2  # + a worst case per model x eps x threat x detector
+    worst = 2 * 2 * 2 * 2  # a worst case per model x eps x threat x detector, written by RunDir.finalize
+    assert len(RunDir(run).results()) == cells + worst
+    assert len(metrics) == cells + worst
     assert list(metrics.columns[:1 + len(ID_COLUMNS)]) == ["run", *ID_COLUMNS]
     for threat in ("gray-box", "white-box"):
         table = pd.read_csv(out / f"table_{threat}.csv")
@@ -288,11 +289,14 @@ def test_two_runs_with_the_same_folder_name(tmp_path):
 def test_a_run_without_samples_reports_each_attack_and_says_why(tmp_path):
     run = make_run(tmp_path / "run", sanity=False, models=(("gm", 2),), attacks=("fgsm", "pgd"), epsilons=(0.3,),
                    threats=("gray-box",))
-    (run / "samples.csv").unlink()
+    for name in ("samples.csv", "samples.parquet"):
+        (run / name).unlink(missing_ok=True)
     shutil.rmtree(run / "cells")
+    results = RunDir(run).results()  # a run from before results.csv had worst-case rows
+    write_results(results[results["attack"] != WORST_CASE], run / "results.csv")
     build_report([run], tmp_path / "out")
     html = (tmp_path / "out" / "index.html").read_text()
-    assert "no worst case over the attacks (no samples.csv" in html and 'id="headline"' not in html
+    assert "no worst case over the attacks (no per-sample records" in html and 'id="headline"' not in html
     assert len(pd.read_csv(tmp_path / "out" / "table_gray-box.csv")) == 2 * 2  # detectors x attacks
 
 
@@ -342,7 +346,8 @@ def test_a_real_run_reports_its_worst_case(tmp_path):
     import torch
 
     from robench.checkpoints import save_checkpoint
-    from robench.runner import AttackConfig, run_attack
+    from robench.config import RunConfig
+    from robench.runner import run_attack
     from robench.training import TrainConfig, train
 
     threads = torch.get_num_threads()
@@ -351,14 +356,14 @@ def test_a_real_run_reports_its_worst_case(tmp_path):
         model = train(TrainConfig(defense="gm", dataset="digits", epochs=2, feature_dim=8, seed=0, device="cpu"),
                       quiet=True)
         ckpt = str(save_checkpoint(model, tmp_path / "gm.pt"))
-        cfg = AttackConfig(models=[ckpt], attacks=["fgsm", "pgd:steps=5"], eps=[0.1, 0.2],
-                           threats=["gray-box", "white-box"], detectors=["gm-likelihood"], n=40, batch_size=40,
-                           device="cpu", sanity=False)
+        cfg = RunConfig(models=[ckpt], attacks=["fgsm", "pgd:steps=5"], eps=[0.1, 0.2],
+                        threats=["gray-box", "white-box"], detectors=["gm-likelihood"], n=40, batch_size=40,
+                        device="cpu", sanity=False)
         run_attack(cfg, str(tmp_path / "run"), quiet=True)
     finally:
         torch.set_num_threads(threads)
     build_report([tmp_path / "run"], tmp_path / "out")
-    samples = pd.read_csv(tmp_path / "run" / "samples.csv")
+    samples = RunDir(tmp_path / "run").samples()
     metrics = pd.read_csv(tmp_path / "out" / "metrics.csv", keep_default_na=False, na_values=[""])
     worst = metrics[metrics["attack"] == WORST_CASE]
     assert len(worst) == 2 * 2  # eps x threat
