@@ -16,9 +16,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import click
 
-from robench.config import click_options
+from robench.config import VerifyRunConfig, click_options
 from robench.errors import RobenchError
-from robench.registry import KINDS, registry
+from robench.registry import KINDS
 
 
 class Interrupted(Exception):
@@ -304,6 +304,31 @@ def run_cmd(suite: str, out: Optional[str], quiet: bool, as_json: bool, force: b
     with keep_only_finished(out_dir):
         summary = run_suite(suite, out=out, overrides=overrides_from_cli(options), quiet=quiet or as_json,
                             force=force)
+    _echo_summary(summary, as_json)
+
+
+# -- verify ------------------------------------------------------------------------------
+
+@cli.command(epilog=examples(
+    "robench verify --model mlp-gm.pt --eps 0.02 --eps 0.05 --method exact --n 200 --out runs/mlp",
+    "robench verify --model cnn.pt --eps 0.1 --method crown --detector none --out runs/cnn",
+    "robench attack --model mlp-gm.pt --attack standard --eps 0.05 --threat white-box --out runs/mlp  "
+    "# same --out: the report shows the gap"))
+@click_options("verify", VerifyRunConfig)
+@quiet_option
+@json_option
+@force_option
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (may hold attack cells).")
+def verify(quiet: bool, as_json: bool, force: bool, out: str, **options: Any) -> None:
+    """Verify robustness exactly (MILP) or certify a lower bound (CROWN/IBP) into a run directory."""
+    from robench.commands import check_writable_dir, keep_only_finished
+    from robench.config import config_from_cli
+    from robench.verify_run import run_verify
+
+    check_writable_dir(out)
+    cfg = config_from_cli(options, VerifyRunConfig).check()
+    with keep_only_finished(out):
+        summary = run_verify(cfg, out, quiet=quiet or as_json, force=force)
     _echo_summary(summary, as_json)
 
 

@@ -170,7 +170,60 @@ class Problem:
         return self.message.replace("{name}", label)
 
 
-OPTIONS: Dict[str, Option] = {f.name: f.metadata["option"] for f in fields(RunConfig)}
+OPTIONS: Dict[str, Option] = {f.name: f.metadata["option"] for f in fields(RunConfig)}  # RunConfig's
+
+VERIFY_METHODS = ("exact", "crown", "crown-ibp", "ibp")
+
+
+@dataclass(frozen=True)
+class VerifyRunConfig:
+    """The configuration of one ``robench verify`` (written to the manifest)."""
+
+    models: List[str] = opt([], help="Checkpoint (repeatable).", multiple=True, flag="--model", required=True)
+    eps: List[float] = opt([], help="Linf budget in [0,1] pixel space (repeatable).", kind="float",
+                           multiple=True, required=True)
+    norm: str = opt("linf", help="The budget's norm (Linf only).", choices=("linf",))
+    method: str = opt("exact", help="exact: mixed-integer programming (small ReLU nets; the true answer); "
+                                    "crown / crown-ibp / ibp: certified lower bounds (any size).",
+                      choices=VERIFY_METHODS)
+    detectors: List[str] = opt(["auto"], help="auto: also the detection-aware question for GM models "
+                                              "(gm-likelihood at 5% FPR); none: robustness only (repeatable).",
+                               multiple=True, flag="--detector", choices=("auto", "none", "gm-likelihood"))
+    dataset: Optional[str] = opt(None, help="Dataset spec (default: the checkpoint's).")
+    arch: Optional[str] = opt(None, help="Architecture, for official checkpoints it cannot infer.")
+    n: int = opt(100, help="Test points verified.", kind="int")
+    time_limit: float = opt(60.0, help="Seconds of solving per point (exact); undecided points are 'unknown'.",
+                            kind="float")
+    solver: str = opt("auto", help="auto: HiGHS, or SCIP when the detector's quadratic constraint is on.",
+                      choices=("auto", "highs", "scip"))
+    seed: int = opt(0, help="Seed of the bootstrap intervals.", kind="int")
+    batch_size: int = opt(250, help="Points per batch for detector fitting and features.", kind="int")
+
+    def __post_init__(self) -> None:
+        for name in ("models", "eps", "detectors"):
+            if isinstance(getattr(self, name), tuple):
+                object.__setattr__(self, name, list(getattr(self, name)))
+
+    def check(self) -> "VerifyRunConfig":
+        problems = self.validate()
+        if problems:
+            raise UsageError(problems[0].text(cli=True))
+        return self
+
+    def validate(self) -> List[Problem]:
+        from robench.config import checkpoint_problem
+
+        out = [Problem(("eps",), f"{{name}} must be a number in (0, 1] (pixel space), got {e!r}")
+               for e in self.eps if not (isinstance(e, (int, float)) and math.isfinite(e) and 0 < e <= 1)]
+        if not isinstance(self.n, int) or self.n < 1:
+            out.append(Problem(("n",), f"{{name}} must be an integer >= 1, got {self.n!r}"))
+        if not (isinstance(self.time_limit, (int, float)) and math.isfinite(self.time_limit) and self.time_limit > 0):
+            out.append(Problem(("time_limit",), f"{{name}} must be a number > 0, got {self.time_limit!r}"))
+        if self.batch_size < 1:
+            out.append(Problem(("batch_size",), f"{{name}} must be an integer >= 1, got {self.batch_size!r}"))
+        out += [Problem(("models", i), m) for i, p in enumerate(self.models) if (m := checkpoint_problem(p))]
+        return out
+
 
 
 def run_identity(cfg: RunConfig, command: str = "attack") -> Dict[str, Any]:
@@ -210,24 +263,30 @@ def parse_value(name: str, value: Any) -> Any:
 
 # -- the command line's view ------------------------------------------------------------
 
-def click_options(command: str) -> Callable:
-    """Decorator adding the schema's options to a Click command (``attack`` or ``run``)."""
+def options_of(schema: type) -> Dict[str, Option]:
+    """name -> Option of every field of a configuration dataclass."""
+    return {f.name: f.metadata["option"] for f in fields(schema)}
+
+
+def click_options(command: str, schema: type = RunConfig) -> Callable:
+    """Decorator adding a schema's options to a Click command: its own (``attack``, ``verify``)
+    or, for ``run``, the overrides of a suite's values."""
     import click
 
     def decorate(f: Callable) -> Callable:
-        for name, spec in reversed(list(OPTIONS.items())):
-            if command == "attack" and spec.cli:
-                f = _click_option(click, name, spec, override=False)(f)
+        for name, spec in reversed(list(options_of(schema).items())):
+            if command != "run" and spec.cli:
+                f = _click_option(click, schema, name, spec, override=False)(f)
             elif command == "run" and spec.override:
-                f = _click_option(click, name, spec, override=True)(f)
+                f = _click_option(click, schema, name, spec, override=True)(f)
         return f
 
     return decorate
 
 
-def _click_option(click, name: str, spec: Option, override: bool) -> Callable:
+def _click_option(click, schema: type, name: str, spec: Option, override: bool) -> Callable:
     flag = spec.flag or "--" + name.replace("_", "-")
-    default = None if override else RunConfig.__dataclass_fields__[name]
+    default = None if override else schema.__dataclass_fields__[name]
     if default is not None:
         default = default.default_factory() if callable(default.default_factory) else default.default
     kwargs: Dict[str, Any] = {"help": ("Override the suite's value. " if override else "") + spec.help}
@@ -261,9 +320,10 @@ def _batch_callback(ctx: Any, param: Any, value: Any) -> Any:
         raise click.BadParameter(str(exc).replace("--batch-size must be", "must be")) from None
 
 
-def config_from_cli(values: Dict[str, Any]) -> RunConfig:
-    """The configuration of ``robench attack`` from Click's keyword arguments."""
-    return RunConfig(**{k: v for k, v in values.items() if k in OPTIONS})
+def config_from_cli(values: Dict[str, Any], schema: type = RunConfig) -> Any:
+    """A command's configuration (``robench attack``'s by default) from Click's keyword arguments."""
+    known = options_of(schema)
+    return schema(**{k: v for k, v in values.items() if k in known})
 
 
 def overrides_from_cli(values: Dict[str, Any]) -> Dict[str, Any]:

@@ -167,7 +167,7 @@ def candidates(cell: Cell, ctx: ModelContext, detector: Any) -> List[Candidate]:
                      dict(cell.kwargs))
     if not white or not accepts(cell.attack, "objective"):
         return [base]
-    return white_box_candidates(cell.attack, cell.kwargs, ctx.model.is_gm, detector is not None, k)
+    return white_box_candidates(cell.attack, cell.kwargs, ctx.model.is_gm, detector is not None, k, base.label)
 
 
 def default_objective(attack: str) -> str:

@@ -18,7 +18,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -30,38 +29,26 @@ from robench.io import (
     atomic_write_bytes, atomic_write_csv, atomic_write_json, current_umask, fsync_dir, npy_bytes, order_columns,
     sort_rows, to_jsonable, to_numpy,
 )
+from robench.runfiles import RunFiles
 from robench.schema import (
-    CELL_KEY, EXACT_FLOAT_COLUMNS, ID_COLUMNS, RESULT_COLUMNS, SAMPLE_COLUMNS, TIMING_COLUMNS, check_cell_id,
-    parquet_available, read_csv, read_table, safe_name,
+    CELL_KEY, EXACT_FLOAT_COLUMNS, ID_COLUMNS, RESULT_COLUMNS, SAMPLE_COLUMNS, TIMING_COLUMNS, parquet_available,
+    safe_name,
 )
 
 OUTPUTS = ("results.csv", "samples.parquet", "samples.csv", "timings.csv", "sanity.csv")
 LOCK = ".lock"
 
 
-@dataclass(frozen=True)
-class FeatureSet:
-    """Clean test features of one model, aligned row by row."""
-
-    f: np.ndarray  # (N, D) float32
-    y: np.ndarray  # (N,) labels
-    pred: np.ndarray  # (N,) clean predictions
-    index: np.ndarray  # (N,) indices into the dataset
-
-
-class RunDir:
-    """Reader and writer of one run directory.
+class RunDir(RunFiles):
+    """Owner (and reader) of one run directory.
 
     Args:
         path: the run directory (:meth:`open` to write one, :func:`read_run` to read a finished one).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+        super().__init__(path)
         self._lock_fd: Optional[int] = None
-
-    def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
 
     def __enter__(self) -> "RunDir":
         return self
@@ -71,11 +58,14 @@ class RunDir:
 
     # -- opening ----------------------------------------------------------------------
     @staticmethod
-    def check(path: str | os.PathLike, identity: Mapping[str, Any], force: bool = False) -> bool:
+    def check(path: str | os.PathLike, identity: Mapping[str, Any], force: bool = False,
+              key: str = "config") -> bool:
         """Refuse ``path`` unless it is new, a run of ``identity``, or (with ``force``) any run.
 
         Touches nothing, so a suite can call it before training. Returns whether
         ``path`` holds a run of another configuration (allowed only with ``force``).
+        ``key``: the manifest entry of the command (``config`` for attack and run,
+        ``verify_config`` for verify: both may write one run directory).
         """
         path = Path(path)
         if path.exists() and not path.is_dir():
@@ -87,26 +77,19 @@ class RunDir:
         if not manifest.is_file():
             return False
         try:
-            old = json.loads(manifest.read_text(encoding="utf-8")).get("config")
+            found = json.loads(manifest.read_text(encoding="utf-8"))
+            old = found.get(key)
         except (OSError, ValueError, AttributeError):
-            old = None
-        if old == identity:
-            return False
+            found, old = {}, None
+        if old == identity or (key not in found and isinstance(found, dict) and found):
+            return False  # this command's first cells in a run of the other command
         if not force:
             raise UsageError(f"--out {path}: this run directory was made with a different configuration "
                              f"({_config_diff(old, dict(identity))}); use --force to replace it (finished cells "
                              f"that still match are kept), or choose another --out")
         return True
 
-    @staticmethod
-    def looks_like_run(path: Path) -> bool:
-        return (path / "manifest.json").is_file() or (path / "cells").is_dir()
 
-    @staticmethod
-    def is_run(path: str | os.PathLike) -> bool:
-        """Whether ``path`` is a finished run directory (manifest.json and results.csv)."""
-        path = Path(path)
-        return (path / "manifest.json").is_file() and (path / "results.csv").is_file()
 
     @classmethod
     def create(cls, path: str | os.PathLike) -> "RunDir":
@@ -176,17 +159,37 @@ class RunDir:
                     item.unlink(missing_ok=True)
 
     def start(self, manifest: Mapping[str, Any], replacing: bool = False) -> None:
-        """Write the manifest of a (re)started run; ``replacing`` another configuration drops its outputs."""
+        """Write the manifest of a (re)started run; ``replacing`` another configuration drops its outputs.
+
+        A ``robench verify`` of the same directory keeps its own entries (``verify_*``).
+        """
         if replacing:
             for name in OUTPUTS:
                 (self.path / name).unlink(missing_ok=True)
             shutil.rmtree(self.path / "features", ignore_errors=True)
-        self.write_manifest(manifest)
+        kept = {k: v for k, v in self._current().items() if k.startswith("verify")}
+        self.write_manifest({**kept, **manifest})
 
-    def prune(self, planned: set) -> None:
-        """Remove finished cells not in ``planned`` (stale keys), so results.csv has only this run's."""
+    def start_command(self, key: str, identity: Mapping[str, Any], replacing: bool = False) -> None:
+        """Record a second command's configuration (``verify_config``) beside the run's own manifest."""
+        from robench.provenance import collect_versions, git_hash
+
+        current = self._current()
+        base = {} if current else {"versions": collect_versions(), "git": git_hash()}
+        self.write_manifest({**current, **base, key: dict(identity), f"{key}_replaced": bool(replacing)})
+
+    def _current(self) -> Dict[str, Any]:
+        return self.manifest() if (self.path / "manifest.json").is_file() else {}
+
+    def prune(self, planned: set, prefix: Optional[str] = None) -> None:
+        """Remove finished cells not in ``planned`` (stale keys), so results.csv has only this run's.
+
+        Only the cells of the pruning command: ids starting with ``prefix`` (verify
+        cells), or, with no prefix, the ids that do not start with ``verify-``.
+        """
         for cell_id in self.cell_ids():
-            if cell_id not in planned:
+            mine = cell_id.startswith(prefix) if prefix else not cell_id.startswith("verify-")
+            if mine and cell_id not in planned:
                 trash = self.cell_dir(cell_id).with_name(f".stale-{cell_id}")
                 os.replace(self.cell_dir(cell_id), trash)  # out of sight at once, even if killed mid-removal
                 shutil.rmtree(trash, ignore_errors=True)
@@ -200,11 +203,6 @@ class RunDir:
         (self.path / "cells").mkdir(parents=True, exist_ok=True)
 
     # -- manifest -----------------------------------------------------------------------
-    def manifest(self) -> Dict[str, Any]:
-        try:
-            return json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise RobenchError(f"{self.path}/manifest.json: cannot read it ({exc})") from None
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> Path:
         return atomic_write_json(self.path / "manifest.json", manifest)
@@ -215,36 +213,14 @@ class RunDir:
         return self.write_manifest({**current, **fields})
 
     # -- top-level tables -----------------------------------------------------------------
-    def results(self) -> pd.DataFrame:
-        """results.csv: one row per cell (and worst-case rows), RESULT_COLUMNS first."""
-        return self._csv("results.csv")
 
-    def samples(self, cell_id: Optional[str] = None) -> pd.DataFrame:
-        """All cells' per-sample records, or one cell's (Parquet or CSV, whichever the run wrote)."""
-        folder = self.path if cell_id is None else self.cell_dir(cell_id)
-        return read_table(folder / "samples")
 
-    def has_samples(self) -> bool:
-        return any((self.path / f"samples.{ext}").is_file() for ext in ("parquet", "csv"))
 
-    def timings(self) -> pd.DataFrame:
-        return self._csv("timings.csv")
 
-    def sanity(self) -> Optional[pd.DataFrame]:
-        """sanity.csv (model, check, flagged, evidence) when a sanity pass wrote one, else None."""
-        return self._csv("sanity.csv") if (self.path / "sanity.csv").is_file() else None
 
     def write_sanity(self, report: pd.DataFrame) -> Path:
         return atomic_write_csv(self.path / "sanity.csv", report)
 
-    def _csv(self, name: str) -> pd.DataFrame:
-        path = self.path / name
-        if not path.is_file():
-            raise RobenchError(f"{path}: no such file (was the run finished?)")
-        try:
-            return read_csv(path)
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            raise RobenchError(f"{path}: not a readable CSV ({exc})") from None
 
     # -- features ----------------------------------------------------------------------
     def write_features(self, model: str, f: Any, y: Any, pred: Any, index: Any) -> Path:
@@ -259,61 +235,17 @@ class RunDir:
         np.savez(buf, **arrays)
         return atomic_write_bytes(self.path / "features" / f"{safe_name(model)}.npz", buf.getvalue())
 
-    def feature_models(self) -> List[str]:
-        return sorted(p.stem for p in (self.path / "features").glob("*.npz"))
 
-    def features(self, model: str) -> FeatureSet:
-        path = self.path / "features" / f"{safe_name(model)}.npz"
-        if not path.is_file():
-            raise RobenchError(f"{path}: no features for model '{model}'")
-        with np.load(path, allow_pickle=False) as npz:
-            return FeatureSet(f=npz["f"], y=npz["y"], pred=npz["pred"], index=npz["index"])
 
     # -- cells -------------------------------------------------------------------------------
-    def cell_dir(self, cell_id: str) -> Path:
-        return self.path / "cells" / check_cell_id(cell_id)
 
-    def has_cell(self, cell_id: str) -> bool:
-        return (self.cell_dir(cell_id) / "row.json").is_file()
 
-    def cell_ids(self) -> List[str]:
-        cells = self.path / "cells"
-        if not cells.is_dir():
-            return []
-        return sorted(p.name for p in cells.iterdir() if not p.name.startswith(".")
-                      and (p / "row.json").is_file())
 
-    def cell_row(self, cell_id: str) -> Dict[str, Any]:
-        return json.loads((self.cell_dir(cell_id) / "row.json").read_text(encoding="utf-8"))
 
-    def cells(self) -> pd.DataFrame:
-        """cell_id and the id columns of every finished cell (joins results rows to cell folders)."""
-        rows = [{"cell_id": c, **{k: self.cell_row(c).get(k) for k in ID_COLUMNS}} for c in self.cell_ids()]
-        return pd.DataFrame(rows, columns=["cell_id", *ID_COLUMNS])
 
-    def has_adv_features(self, cell_id: str) -> bool:
-        return self._array_path(cell_id, "adv_features") is not None
 
-    def adv_features(self, cell_id: str) -> np.ndarray:
-        """(N, D) features of the cell's adversarial examples, aligned with its samples rows."""
-        path = self._array_path(cell_id, "adv_features")
-        if path is None:
-            raise RobenchError(f"cell {cell_id}: no adversarial features stored")
-        return np.load(path, allow_pickle=False)
 
-    def x_adv(self, cell_id: str) -> Optional[np.ndarray]:
-        """The cell's adversarial examples, or None when the run did not store them (--no-save-adv)."""
-        path = self._array_path(cell_id, "x_adv")
-        return None if path is None else np.load(path, allow_pickle=False)
 
-    def _array_path(self, cell_id: str, name: str) -> Optional[Path]:
-        folder = self.cell_dir(cell_id)
-        refs = folder / "arrays.json"
-        if refs.is_file():
-            digest = json.loads(refs.read_text(encoding="utf-8")).get(name)
-            return self.path / "arrays" / f"{digest}.npy" if digest else None
-        old = folder / f"{name}.npy"  # runs written before arrays/ existed
-        return old if old.is_file() else None
 
     def store_array(self, array: Any) -> str:
         """Store ``array`` once under arrays/ by its content; returns its digest."""
@@ -342,10 +274,10 @@ class RunDir:
         if missing:
             raise ValueError(f"cell {cell_id}: the row lacks id columns {', '.join(missing)}")
         samples = _cell_samples(cell_id, row, samples)
-        feats = to_numpy(adv_features, np.float32)
-        if feats.ndim != 2 or len(feats) != len(samples):
+        feats = None if adv_features is None else to_numpy(adv_features, np.float32)
+        if feats is not None and (feats.ndim != 2 or len(feats) != len(samples)):
             raise ValueError(f"cell {cell_id}: adv_features {feats.shape} do not match {len(samples)} samples")
-        refs = {"adv_features": self.store_array(feats),
+        refs = {"adv_features": self.store_array(feats) if feats is not None else None,
                 "x_adv": self.store_array(x_adv) if x_adv is not None else None}
         stage = Path(tempfile.mkdtemp(prefix=f".{cell_id}.", dir=final.parent))
         try:
@@ -384,9 +316,11 @@ class RunDir:
         samples = sort_rows(samples, ["_order", "index"]).drop(columns="_order")
         results = pd.DataFrame(rows) if rows else pd.DataFrame()
         if worst_case and len(results):
+            from robench.gap import add_verification_gap
             from robench.worstcase import worst_case_rows
 
             results = pd.concat([results, worst_case_rows(results, samples, seed=None)], ignore_index=True)
+            results = add_verification_gap(results, samples)
         write_results(results.drop(columns="cell_id", errors="ignore"), self.path / "results.csv")
         for stale in ("samples.parquet", "samples.csv"):  # one format per run
             (self.path / stale).unlink(missing_ok=True)
@@ -418,13 +352,7 @@ class RunDir:
         df = pd.DataFrame(out, columns=TIMING_COLUMNS)
         return sort_rows(df, CELL_KEY + ["cell_id"])
 
-    def bytes_per_cell(self) -> Dict[str, float]:
-        """Disk use of the finished cells and their arrays (the storage figures of a run)."""
-        cells = [p for p in (self.path / "cells").rglob("*") if p.is_file()]
-        arrays = list((self.path / "arrays").glob("*.npy")) if (self.path / "arrays").is_dir() else []
-        total = sum(p.stat().st_size for p in cells + arrays)
-        n = max(len(self.cell_ids()), 1)
-        return {"cells": len(self.cell_ids()), "bytes": total, "bytes_per_cell": total / n}
+
 
 
 def write_table(stem: Path, df: pd.DataFrame) -> Path:

@@ -30,7 +30,35 @@ def check_results(results: pd.DataFrame) -> List[Dict[str, object]]:
         rows.append(_monotone(model, df))
         rows.append(_single_step(model, df))
         rows.append(_threat_order(model, df))
-    return rows + worst_case_checks(results)
+    return rows + worst_case_checks(results) + verification_checks(results)
+
+
+def verification_checks(results: pd.DataFrame) -> List[Dict[str, object]]:
+    """Per model with verify cells: points every attack missed but verification broke, and attack
+    successes on points proven robust (see robench.gap)."""
+    if "missed" not in results and "missed_det_fpr5" not in results:
+        return []
+    rows = []
+    worst = results[results["attack"] == "worst-case"]
+    for model, df in worst.groupby("model", sort=True):
+        strongest = df[df["threat"] == "white-box"] if (df["threat"] == "white-box").any() else df
+        bad = []
+        for suffix, label in (("", "robust"), ("_det_fpr5", "detection-aware robust (5% FPR)")):
+            for _, r in strongest.iterrows():
+                missed = r.get(f"missed{suffix}")
+                if pd.notna(missed) and missed > 0:
+                    bad.append(f"{int(missed)} point(s) proven not {label} at eps {r['eps']:g} that every "
+                               f"{r['threat']} attack missed ({r['detector']})")
+            for _, r in df.iterrows():
+                wrong = r.get(f"contradicted{suffix}")
+                if pd.notna(wrong) and wrong > 0:
+                    bad.append(f"{int(wrong)} attack success(es) on points proven {label} at eps {r['eps']:g} "
+                               f"({r['threat']}, {r['detector']}): a bug in the attack or the verifier")
+        checked = int(df[[c for c in ("missed", "missed_det_fpr5") if c in df]].notna().sum().sum())
+        if checked:
+            rows.append(_row(model, "attacks miss no point verification proves breakable", bool(bad),
+                             "; ".join(bad) or f"{checked} worst-case comparisons with exact verification"))
+    return rows
 
 
 def _monotone(model: str, df: pd.DataFrame) -> Dict[str, object]:

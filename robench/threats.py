@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List
+
+if TYPE_CHECKING:
+    import torch
 
 from robench.errors import UsageError
 
@@ -50,7 +53,7 @@ class Candidate:
 
 
 def white_box_candidates(attack: str, kwargs: Dict[str, Any], is_gm: bool, has_detector: bool,
-                         num_classes: int) -> List[Candidate]:
+                         num_classes: int, given_label: str = "given") -> List[Candidate]:
     """What a white-box cell of a gradient attack runs, in order, each on the points still not won.
 
     1. the attack as given (its examples are the gray-box cell's, computed once);
@@ -62,7 +65,7 @@ def white_box_candidates(attack: str, kwargs: Dict[str, Any], is_gm: bool, has_d
        detector steps after);
     4. the margin objective (CW loss, not saturated by a confident softmax).
     """
-    given = Candidate(str(kwargs.get("objective", "given")), attack, dict(kwargs))
+    given = Candidate(str(kwargs.get("objective", given_label)), attack, dict(kwargs))
     plain = {k: v for k, v in kwargs.items() if k not in ("objective", "targets", "update")}
     extra = []
     if is_gm and num_classes > 2:
@@ -76,7 +79,7 @@ def white_box_candidates(attack: str, kwargs: Dict[str, Any], is_gm: bool, has_d
     return [given] + [c for c in extra if c.kwargs != given.kwargs]
 
 
-def defender_outcome(correct: "torch.Tensor", flagged: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+def defender_outcome(correct: "torch.Tensor", flagged: "torch.Tensor") -> "torch.Tensor":
     """Rank of each adversarial example from the attacker's view.
 
     2: misclassified and not flagged (the attacker won), 1: misclassified but
@@ -86,20 +89,3 @@ def defender_outcome(correct: "torch.Tensor", flagged: "torch.Tensor") -> "torch
 
     return torch.where(correct, torch.zeros_like(correct, dtype=torch.long),
                        torch.where(flagged, 1, 2))
-
-
-def pick_worst_case(outcomes: Sequence["torch.Tensor"], scores: Sequence["torch.Tensor"]) -> "torch.Tensor":  # noqa: F821
-    """Per sample, the index of the candidate worst for the defender.
-
-    Higher outcome rank wins; among equal ranks the lower detector score
-    (the less suspicious example) wins; ties keep the earlier objective.
-    """
-    import torch
-
-    rank = torch.stack([o.double() for o in outcomes])  # (C, N)
-    score = torch.stack([s.double() for s in scores])
-    score = torch.nan_to_num(score, nan=0.0)
-    # Lexicographic: rank dominates, then -score; normalise score into (0, 1).
-    spread = (score.max() - score.min()).clamp_min(1e-12)
-    key = rank - 0.5 * (score - score.min()) / spread
-    return key.argmax(dim=0)

@@ -164,38 +164,23 @@ def value_problems(name: str, factory: Any, kwargs: Dict[str, Any]) -> List[Tupl
 
 
 def attack_arguments(name: str) -> Optional[Set[str]]:
-    """The keyword arguments the attack ``name`` accepts (None: it checks its own)."""
-    from robench.registry import registry
-
-    factory = registry("attacks").get(name.partition(":")[0])
+    """The keyword arguments the attack ``name`` accepts (None: a plugin that checks its own)."""
+    factory = factory_of(name)
     family, _, member = name.partition(":")
     if getattr(factory, "is_family", False):
         if not member:
             raise UsageError(f"attack '{family}' is a family: name one of its classes, as in "
                              f"{family}:{getattr(factory, 'example', 'Name')}")
-        return set(_family_arguments(factory, member)) | {"seed"}
+        return set(factory.arguments(member)) | {"seed"}
     if member:
         raise UsageError(f"attack '{family}' is not a family; use '{family}' without ':{member}'")
-    arguments = getattr(factory, "arguments", None)
-    if callable(arguments):
-        return set(arguments())
+    if callable(getattr(factory, "arguments", None)):  # robench attacks say what they take
+        return set(factory.arguments())
     params = inspect.signature(factory).parameters.values()
-    known = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"model", "eps"}
     if any(p.kind == p.VAR_KEYWORD for p in params):
-        from robench.attacks.base import GradientAttack
-        from robench.attacks.objectives import JOINT_OPTIONS
-
-        if not (isinstance(factory, type) and issubclass(factory, GradientAttack)):
-            return None
-        known |= set(JOINT_OPTIONS)
-    return known - {"objective_options", "runtime"}
-
-
-def _family_arguments(factory: Any, member: str) -> Set[str]:
-    arguments = getattr(factory, "arguments", None)
-    if callable(arguments):
-        return set(arguments(member))
-    return set(factory._signature(factory.resolve(member)))  # adapters before they had arguments()
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"model", "eps",
+                                                                                                "runtime"}
 
 
 def _is_int(value: Any) -> bool:

@@ -47,7 +47,7 @@ def bounded(results: pd.DataFrame) -> pd.Series:
     """Which rows are members of a worst case: eps > 0, a bounded norm, not a worst case themselves."""
     eps = pd.to_numeric(results.get("eps"), errors="coerce")
     norm = results.get("norm", pd.Series("", index=results.index)).map(lambda n: str(n).strip().lower())
-    return (eps > 0) & norm.isin(BOUNDED_NORMS) & (results["attack"] != WORST_CASE)
+    return (eps > 0) & norm.isin(BOUNDED_NORMS) & ~results["attack"].isin([WORST_CASE, "verify"])
 
 
 def worst_case_rows(results: pd.DataFrame, samples: pd.DataFrame, seed: Optional[int] = None, *,

@@ -1,0 +1,233 @@
+"""Adaptive evaluation on mnist5k: gray-box vs the old white-box vs robench's white-box, with references.
+
+For a GM and a softmax small-cnn (``robench train --defense gm|softmax --dataset mnist5k --seed 0``),
+every detector that applies, eps 0.1 / 0.2 / 0.3, PGD-100 on the same n test points:
+
+* ``gray-box``: ``robench attack --threat gray-box`` (the attacker ignores the detector);
+* ``old white-box``: the per-point worst case over the objectives robench's white-box used
+  before this round (ce, margin, joint and, for GM, lkd), each a full PGD-100 run;
+* ``white-box``: ``robench attack --threat white-box`` (the candidate cascade);
+* two independent references written here from the papers, not with robench's attack code:
+  ``multi-targeted`` (one PGD-100 run per other class pulling the feature to that class's mean
+  for GM, or raising that class's logit for softmax; first success kept) and ``selective``
+  (Bryniarski et al. 2022: CE steps while correct, detector-score steps once misclassified,
+  the best misclassified-and-unflagged point kept).
+
+Prints and writes ``benchmarks/adaptive_mnist5k.md``: det_robust_acc at 1% and 5% FPR, AUC
+and passes per point, side by side.
+
+    python benchmarks/adaptive_mnist5k.py --gm gm.pt --softmax softmax.pt [--n 500] [--out runs/adaptive]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+DETECTORS = {"gm": ["gm-likelihood", "mahalanobis", "kd", "max-softmax"],
+             "softmax": ["mahalanobis", "kd", "max-softmax"]}
+# The settings the issue measured independent attacks on: the references run there.
+REFERENCES = {("gm", "gm-likelihood"), ("softmax", "mahalanobis")}
+EPS = (0.1, 0.2, 0.3)
+STEPS = 100
+FPR = 0.05
+
+
+def robench_cells(ckpt: str, detectors: List[str], n: int, out: Path) -> pd.DataFrame:
+    from robench.config import RunConfig
+    from robench.runner import run_attack
+
+    cfg = RunConfig(models=[ckpt], attacks=[f"pgd:steps={STEPS}"], eps=list(EPS),
+                    threats=["gray-box", "white-box"], detectors=detectors, n=n, batch_size=n,
+                    device="cpu", sanity=False, save_adv=False)
+    return run_attack(cfg, str(out), quiet=True).results
+
+
+def pgd(model, x, y, eps, loss_fn, steps=STEPS, keep=None):
+    """Plain Linf PGD from the clean point, maximising ``loss_fn(features, logits, y)`` per sample.
+
+    ``keep(features, logits) -> bool`` marks points whose current iterate is a success: the
+    first success is kept (best-so-far), as the references in the literature do.
+    """
+    lower, upper = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    x_adv, best = x.clone(), x.clone()
+    done = torch.zeros(len(x), dtype=torch.bool)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        f, logits = model.features_and_logits(x_adv)
+        (grad,) = torch.autograd.grad(loss_fn(f, logits, y).sum(), x_adv)
+        with torch.no_grad():
+            if keep is not None:
+                hit = keep(f, logits) & ~done
+                best[hit], done = x_adv[hit].detach(), done | hit
+            x_adv = torch.min(torch.max(x_adv + 2.5 * eps / steps * grad.sign(), lower), upper).detach()
+    with torch.no_grad():
+        if keep is not None:
+            f, logits = model.features_and_logits(x_adv)
+            hit = keep(f, logits) & ~done
+            best[hit], done = x_adv[hit], done | hit
+    return torch.where(done.view(-1, 1, 1, 1), best, x_adv) if keep is not None else x_adv
+
+
+def won_fn(detector, y):
+    threshold = detector.threshold(FPR) if detector is not None else None
+
+    def won(f, logits):
+        wrong = logits.argmax(1) != y
+        if detector is None:
+            return wrong
+        return wrong & (detector.score_from(f, logits) <= threshold)
+    return won
+
+
+def multi_targeted(model, detector, x, y, eps):
+    """One PGD run per other class (by clean logit), pulling towards it; the first success per point."""
+    with torch.no_grad():
+        order = model(x).scatter(1, y[:, None], -float("inf")).argsort(1, descending=True)
+    best, done = x.clone(), won_fn(detector, y)(*model.features_and_logits(x))
+    for k in range(model.num_classes - 1):
+        todo = ~done
+        if not todo.any():
+            break
+        t = order[todo, k]
+        if model.is_gm:  # the target's log-likelihood: pull the feature to its mean
+            def loss(f, logits, yy, t=t):
+                return -0.5 * (f - model.mu[t]).pow(2).sum(1)
+        else:
+            def loss(f, logits, yy, t=t):
+                return logits.gather(1, t[:, None]).squeeze(1) - logits.scatter(1, t[:, None], -1e9).amax(1)
+        xs = pgd(model, x[todo], y[todo], eps, loss, keep=won_fn(detector, y[todo]))
+        with torch.no_grad():
+            hit = won_fn(detector, y[todo])(*model.features_and_logits(xs))
+        idx = todo.nonzero().squeeze(1)
+        best[idx[hit]], done[idx[hit]] = xs[hit], True
+    return best
+
+
+def selective(model, detector, x, y, eps):
+    """Selective PGD: CE ascent while classified correctly, detector-score descent once misclassified."""
+    lower, upper = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    x_adv, best = x.clone(), x.clone()
+    won = won_fn(detector, y)
+    done = torch.zeros(len(x), dtype=torch.bool)
+    for _ in range(STEPS + 1):
+        x_adv.requires_grad_(True)
+        f, logits = model.features_and_logits(x_adv)
+        with torch.no_grad():
+            hit = won(f, logits) & ~done
+            best[hit], done = x_adv[hit].detach(), done | hit
+        wrong = (logits.argmax(1) != y).detach()
+        objective = torch.where(wrong, -detector.score_from(f, logits), F.cross_entropy(logits, y, reduction="none"))
+        (grad,) = torch.autograd.grad(objective.sum(), x_adv)
+        with torch.no_grad():
+            x_adv = torch.min(torch.max(x_adv + 2.5 * eps / STEPS * grad.sign(), lower), upper).detach()
+    return torch.where(done.view(-1, 1, 1, 1), best, x_adv)
+
+
+def old_white_box(model, detector, x, y, eps, seed):
+    """The per-point worst case over robench's previous white-box objectives, each a full PGD-100."""
+    from robench.attacks import create_attack
+    from robench.craft import FLAG_FPR
+    from robench.threats import defender_outcome
+
+    objectives = ["ce", "margin"] + (["joint"] if detector is not None else []) + (["lkd"] if model.is_gm else [])
+    best, rank, score = x.clone(), torch.full((len(y),), -1), torch.full((len(y),), float("inf"))
+    for obj in objectives:
+        extra = {"detector": detector, "fpr": FLAG_FPR} if obj == "joint" else {}
+        xa = create_attack("pgd", model, eps=eps, steps=STEPS, objective=obj, seed=seed, **extra)(x, y)
+        with torch.no_grad():
+            pred = model(xa).argmax(1)
+            s = detector.score(xa) if detector is not None else torch.zeros(len(y))
+        flagged = detector.flag(s, FLAG_FPR) if detector is not None else torch.zeros(len(y), dtype=torch.bool)
+        r = defender_outcome(pred == y, flagged)
+        take = (r > rank) | ((r == rank) & (s < score))
+        best[take], rank[take], score[take] = xa[take], r[take], s[take]
+    return best
+
+
+def metrics_of(model, detector, x, y, x_adv, seed) -> Dict[str, float]:
+    from robench.metrics import cell_metrics
+
+    with torch.no_grad():
+        clean_pred, adv_pred = model(x).argmax(1), model(x_adv).argmax(1)
+    out = cell_metrics(y, clean_pred, adv_pred, detector.score(x), detector.score(x_adv),
+                       {f: detector.threshold(f) for f in (0.01, 0.05)}, seed=seed)
+    return {k: out[k] for k in ("robust_acc", "det_robust_acc_fpr1", "det_robust_acc_fpr5", "auc")}
+
+
+def references(kind: str, ckpt: str, detectors: List[str], n: int, seed: int = 0) -> pd.DataFrame:
+    from robench.config import RunConfig
+    from robench.prepare import prepare_model
+
+    torch.manual_seed(seed)
+    cfg = RunConfig(models=[ckpt], attacks=["pgd"], eps=[0.1], detectors=detectors, n=n, batch_size=n,
+                    device="cpu")
+    ctx = prepare_model(ckpt, cfg, torch.device("cpu"))
+    model, rows = ctx.model, []
+    for det_name, detector in ctx.detectors.items():
+        for eps in EPS:
+            runs = {"old white-box": lambda: old_white_box(model, detector, ctx.x, ctx.y, eps, seed)}
+            if (kind, det_name) in REFERENCES:
+                runs["multi-targeted (ref)"] = lambda: multi_targeted(model, detector, ctx.x, ctx.y, eps)
+                runs["selective (ref)"] = lambda: selective(model, detector, ctx.x, ctx.y, eps)
+            for label, fn in runs.items():
+                t0 = time.time()
+                x_adv = fn()
+                rows.append({"model": ctx.name, "detector": det_name, "eps": eps, "setting": label,
+                             **metrics_of(model, detector, ctx.x, ctx.y, x_adv, seed),
+                             "seconds": round(time.time() - t0, 1)})
+                print(rows[-1], flush=True)
+    return pd.DataFrame(rows)
+
+
+def markdown(df: pd.DataFrame, command: str, n: int, minutes: float) -> str:
+    cols = ["model", "detector", "eps", "setting", "robust_acc", "det_robust_acc_fpr1", "det_robust_acc_fpr5",
+            "auc", "passes/point"]
+    lines = ["# Adaptive evaluation on mnist5k", "",
+             f"Generated by `{command}` ({n} test points, PGD-{STEPS}, {minutes:.0f} min on this machine). "
+             "`gray-box` and `white-box` are robench's cells; `old white-box` is the per-point worst case over "
+             "the previous white-box objectives (ce, margin, joint, lkd for GM); the two `(ref)` rows are "
+             "independent attacks written in the benchmark script. Lower det_robust_acc = stronger attack.", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df[cols].itertuples(index=False):
+        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gm", required=True)
+    parser.add_argument("--softmax", required=True)
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--out", default="runs/adaptive_mnist5k")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    started, frames = time.time(), []
+    for kind, ckpt in (("gm", args.gm), ("softmax", args.softmax)):
+        cells = robench_cells(ckpt, DETECTORS[kind], args.n, Path(args.out) / kind)
+        cells = cells[cells["attack"] == "pgd"].assign(setting=cells["threat"],
+                                                       **{"passes/point": cells["passes_per_sample"]})
+        refs = references(kind, ckpt, DETECTORS[kind], args.n).assign(**{"passes/point": np.nan})
+        frames += [cells, refs]
+    df = pd.concat(frames, ignore_index=True)
+    order = {"gray-box": 0, "old white-box": 1, "white-box": 2, "multi-targeted (ref)": 3, "selective (ref)": 4}
+    df = df.sort_values(["model", "detector", "eps", "setting"], key=lambda c: c.map(order) if c.name == "setting"
+                        else c).reset_index(drop=True)
+    command = "python benchmarks/adaptive_mnist5k.py " + " ".join(argv or sys.argv[1:])
+    text = markdown(df, command, args.n, (time.time() - started) / 60)
+    (HERE / "adaptive_mnist5k.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
