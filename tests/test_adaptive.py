@@ -14,6 +14,7 @@ from robench.attacks.eot import gradient_spread
 from robench.attacks.objectives import make_objective
 from robench.defenses.detectors import create_detector
 from robench.errors import UsageError
+from robench.params import is_number
 from robench.registry import registry
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -258,7 +259,7 @@ def test_every_numeric_argument_is_declared_and_checked(name, softmax_model):
                 if p.default is not inspect.Parameter.empty}
     if issubclass(cls, GradientAttack):
         defaults.update({k: v for k, v in GRADIENT_OPTIONS.items() if k != "detector"})
-    numeric = {k for k, v in defaults.items() if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+    numeric = {k for k, v in defaults.items() if v is None or is_number(v)}
     assert numeric - {"eps", "runtime"} <= set(cls.ranges), "numeric arguments without a declared range"
     assert set(cls.ranges) <= set(cls.arguments())
     for param, declared in cls.ranges.items():
