@@ -105,6 +105,7 @@ def _solve_highs(prog, cost, const, time_limit, start, stop_at_sign) -> SolveRes
     h.setOptionValue("time_limit", max(float(time_limit), 0.01))
     h.setOptionValue("mip_rel_gap", 0.0)
     h.setOptionValue("mip_abs_gap", 1e-7)
+    h.setOptionValue("presolve", "off")  # measured: 0.6 s of presolve per solve, no reduction found
     # Measured: on a 784-64-32 MLP the sub-MIP heuristics (RINS, RENS, ...) took 7.5 of 8 s of a
     # one-node proof; the attack's warm start is a better source of solutions.
     for option in _HIGHS_HEURISTICS:
@@ -145,6 +146,9 @@ def _solve_scip(prog, cost, const, time_limit, start, stop_at_sign, quadratic) -
     model, xs = _scip_model(scip, prog, cost)
     model.setParam("limits/time", max(float(time_limit), 0.01))
     model.setParam("limits/gap", 0.0)
+    # Measured on the 784-64-32 MLP: SCIP's default root separation ran 30 s without leaving the
+    # root on programs HiGHS closed in 4 s; fast separation decided them in about 5 s.
+    model.setSeparating(scip.SCIP_PARAMSETTING.FAST)
     if stop_at_sign:
         model.setParam("limits/primal", -const - SIGN_TOL)
         model.setParam("limits/dual", -const + SIGN_TOL)
