@@ -31,7 +31,7 @@ from robench.params import Range, check_choice
 from robench.verify.bounds import Bounds, compute_bounds, input_box
 from robench.verify.extract import extract_network
 from robench.verify.network import DTYPE, Network, numel
-
+from robench.verify.solvers import PROOF_MARGIN  # no solver is imported here: they load on first use
 METHODS = ("exact", "crown", "crown-ibp", "ibp")
 NORMS = ("linf",)
 SOLVER_CHOICES = ("auto", "highs", "scip")
@@ -232,7 +232,7 @@ class _PointVerifier:
             self.lower = {t: float(bounds.margin_lower[t]) for t in self.lower}
             for t, value in lp_margin_bounds(self.net, bounds, y, self._open_targets(bounds)).items():
                 self.lower[t] = max(self.lower[t], value)
-            open_targets = [t for t in self._open_targets(bounds) if self.lower[t] <= 0]
+            open_targets = [t for t in self._open_targets(bounds) if self.lower[t] < PROOF_MARGIN]
         for t in self._unreachable(bounds):
             self.lower[t] = math.inf
         self.out.targets_certified = len(self.lower) - len(open_targets)
@@ -290,7 +290,7 @@ class _PointVerifier:
     def _open_targets(self, bounds: Bounds) -> List[int]:
         far = set(self._unreachable(bounds))
         return [t for t in range(len(bounds.margin_lower))
-                if t != self.y and t not in far and float(bounds.margin_lower[t]) <= 0]
+                if t != self.y and t not in far and float(bounds.margin_lower[t]) < PROOF_MARGIN]
 
     # -- the programs --------------------------------------------------------------------------
     def _exact(self, bounds: Bounds, targets: Sequence[int], warm: torch.Tensor) -> VerifyResult:
@@ -329,7 +329,7 @@ class _PointVerifier:
         if res.solution is None or res.primal > SIGN_TOL:
             if res.solution is not None:
                 self.out.margin_upper = min(self.out.margin_upper, self._margin64(self._input_of(res.solution)))
-            return "proved" if self.lower[t] > 0 else "open"
+            return "proved" if self.lower[t] >= PROOF_MARGIN else "open"
         if self._try_candidate(self._input_of(res.solution), t):
             return "broken"
         # Optima sit on the boundary (margin 0, score = threshold), where float32 may disagree:
@@ -373,7 +373,7 @@ class _PointVerifier:
             out.margin_lower = min(out.margin_lower, out.margin_upper)
         else:
             out.margin_lower = min(self.lower.values()) if getattr(self, "lower", None) else -math.inf
-        if status == "robust" and not out.margin_lower > 0:
+        if status == "robust" and not out.margin_lower >= PROOF_MARGIN:
             raise AssertionError("a robust verdict without a positive margin bound")  # a bug, never a user error
         out.seconds = time.perf_counter() - self.t0
         return out

@@ -29,7 +29,10 @@ from robench.verify.milp import Program
 
 SOLVERS = ("highs", "scip")
 _PACKAGES = {"highs": "highspy", "scip": "pyscipopt"}
-SIGN_TOL = 1e-9
+SIGN_TOL = 1e-9  # a solution this far below 0 is a candidate counterexample (re-checked in float32)
+# A target is proved only with this much margin: the model runs in float32, and a proof of a margin
+# of 1e-9 in exact arithmetic says nothing about it. Logit units.
+PROOF_MARGIN = 1e-6
 _HIGHS_HEURISTICS = ("mip_heuristic_run_rins", "mip_heuristic_run_rens", "mip_heuristic_run_feasibility_jump",
                      "mip_heuristic_run_root_reduced_cost", "mip_allow_restart")  # objective values within this of 0 do not decide the sign
 
@@ -111,7 +114,7 @@ def _solve_highs(prog, cost, const, time_limit, start, stop_at_sign) -> SolveRes
     for option in _HIGHS_HEURISTICS:
         h.setOptionValue(option, False)
     if stop_at_sign:
-        h.setOptionValue("objective_bound", -const + SIGN_TOL)   # prune every node that cannot go below 0
+        h.setOptionValue("objective_bound", -const + PROOF_MARGIN)  # prune nodes that cannot go below it
         h.setOptionValue("objective_target", -const - SIGN_TOL)  # stop at the first solution below 0
     if start is not None:
         sol = highspy.HighsSolution()
@@ -126,8 +129,8 @@ def _solve_highs(prog, cost, const, time_limit, start, stop_at_sign) -> SolveRes
     solution = np.asarray(h.getSolution().col_value) if has_sol else None
     seconds, nodes = time.perf_counter() - t0, int(max(info.mip_node_count, 0))
     if status in ("Infeasible", "Objective bound"):  # nothing below the cutoff: positive
-        # The cutoff proved cost . v + const >= SIGN_TOL; HiGHS reports no finite bound then.
-        bound = dual if math.isfinite(dual) and dual > SIGN_TOL else 2 * SIGN_TOL
+        # The cutoff proved cost . v + const >= PROOF_MARGIN; HiGHS reports no finite bound then.
+        bound = dual if math.isfinite(dual) and dual > PROOF_MARGIN else PROOF_MARGIN
         return SolveResult("positive", bound, primal, None, seconds, nodes)
     return _classify(status == "Optimal", primal, dual, solution, seconds, nodes)
 
@@ -135,7 +138,7 @@ def _solve_highs(prog, cost, const, time_limit, start, stop_at_sign) -> SolveRes
 def _classify(finished: bool, primal: float, dual: float, solution, seconds: float, nodes: int) -> SolveResult:
     if solution is not None and primal < -SIGN_TOL:
         return SolveResult("negative", dual, primal, solution, seconds, nodes)
-    if math.isfinite(dual) and dual > SIGN_TOL:
+    if math.isfinite(dual) and dual >= PROOF_MARGIN:
         return SolveResult("positive", dual, primal, solution, seconds, nodes)
     return SolveResult("optimal" if finished else "unknown", dual, primal, solution, seconds, nodes)
 
@@ -151,7 +154,7 @@ def _solve_scip(prog, cost, const, time_limit, start, stop_at_sign, quadratic) -
     model.setSeparating(scip.SCIP_PARAMSETTING.FAST)
     if stop_at_sign:
         model.setParam("limits/primal", -const - SIGN_TOL)
-        model.setParam("limits/dual", -const + SIGN_TOL)
+        model.setParam("limits/dual", -const + PROOF_MARGIN)
     extra = _add_quadratic(scip, model, xs, quadratic) if quadratic is not None else []
     if start is not None:
         sol = model.createSol()
