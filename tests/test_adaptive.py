@@ -274,3 +274,16 @@ def test_targets_are_checked_against_the_model(softmax_model):
         create_attack("pgd", softmax_model, eps=0.1, targets=10)
     with pytest.raises(UsageError, match=r"apgd: eot must be an integer in \[1, inf\), got 0"):
         create_attack("apgd", softmax_model, eps=0.1, eot=0)
+
+
+@pytest.mark.parametrize("name, kwargs, words", [
+    ("pgd", {"step_size": 1e308}, r"pgd: step_size must be a number in \(0, 1\] or none, got 1e\+308"),
+    ("mim", {"step_size": 2.0}, r"mim: step_size must be a number in \(0, 1\]"),
+    ("pgd-l2", {"step_size": 1e308}, r"pgd-l2: step_size must be a number in \(0, 8\]"),
+    ("cw-l2", {"initial_const": 1e308}, r"cw-l2: initial_const must be a number in \(0, 1e\+10\)"),
+])
+def test_values_that_would_overflow_float32_are_out_of_range(softmax_model, name, kwargs, words):
+    """Found by the CLI fuzz test: a huge step reached torch as a float32 overflow traceback."""
+    with pytest.raises(UsageError, match=words):
+        create_attack(name, softmax_model, eps=EPS[registry("attacks").get(name).norm], **kwargs)
+    assert create_attack("pgd", softmax_model, eps=0.5, steps=1).step_size == 1.25  # a default is not capped
