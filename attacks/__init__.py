@@ -84,7 +84,8 @@ def create_attack(name: str, model: Any, eps: Any, runtime: Optional[Runtime] = 
         return factory(model, eps=eps, runtime=runtime, **kwargs)
     # A plugin that is not built on robench's Attack declares no runtime options.
     if runtime is not None and runtime.requested():
-        raise UsageError(f"{name}: --{runtime.requested()[0]} is not supported: the attack declares no runtime options")
+        raise UsageError(f"{name}: --{runtime.requested()[0]} is not supported: "
+                         f"the attack declares no runtime options")
     return factory(model, eps=eps, **kwargs)
 
 

@@ -269,7 +269,8 @@ class GradientAttack(Search, Attack):
         self.eot = self.ranges["eot"].check(self.name, "eot", given["eot"])
         targets = self.ranges["targets"].check(self.name, "targets", given["targets"])
         self.update = check_choice(self.name, "update", given["update"], UPDATES)
-        self.objective_fn: Objective = make_objective(self.name, objective, {k: options[k] for k in JOINT_OPTIONS if k in options})
+        joint = {k: options[k] for k in JOINT_OPTIONS if k in options}
+        self.objective_fn: Objective = make_objective(self.name, objective, joint)
         self.objective = objective
         self.targets = self._check_targets(targets)
         if self.update != "joint" and objective != "joint":

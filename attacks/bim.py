@@ -20,7 +20,7 @@ class BIM(PGD):
         model (RobustModel): model to attack (inputs in [0, 1]).
         eps (float): maximum perturbation, in [0, 1].
         steps (int): number of steps. (Default: 10)
-        step_size (float): step per iteration. (Default: 2.5 * eps / steps)
+        step_size (float): step per iteration, in (0, 1]. (Default: 2.5 * eps / steps)
         objective (str): "ce", "margin", "dlr", "lkd" or "joint". (Default: "ce")
         seed (int): recorded only; BIM is deterministic. (Default: 0)
         **options: ``targets``, ``eot``, ``update``, ``runtime`` and the joint

@@ -41,7 +41,7 @@ class CWL2(Attack):
         lr (float): Adam learning rate in tanh space. (Default: 0.1; the paper's
             0.01 needs its 10,000 iterations to move saturated pixels)
         confidence (float): kappa, the logit margin required. (Default: 0)
-        initial_const (float): first c. (Default: 0.1)
+        initial_const (float): first c, in (0, 1e10). (Default: 0.1)
         abort_early (bool): per-sample early abort on stalled loss. (Default: True)
         seed (int): recorded only; CW-L2 is deterministic. (Default: 0)
         runtime (Runtime): amp / compile / cascade. (Default: none of them)
@@ -59,7 +59,8 @@ class CWL2(Attack):
     ranges: ClassVar[Dict[str, Range]] = {
         **Attack.ranges, "binary_search_steps": Range(int, 1), "steps": Range(int, 1),
         "lr": Range(float, 0.0, low_open=True), "confidence": Range(float, 0.0),
-        "initial_const": Range(float, 0.0, low_open=True)}
+        # c must stay below the search's "no successful c yet" marker, or the search cannot bisect.
+        "initial_const": Range(float, 0.0, _NO_UPPER, low_open=True, high_open=True)}
 
     def __init__(self, model: torch.nn.Module, eps: Optional[float] = None,
                  binary_search_steps: int = 9, steps: int = 100, lr: float = 0.1,

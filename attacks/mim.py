@@ -21,7 +21,7 @@ class MIM(GradientAttack):
         model (RobustModel): model to attack (inputs in [0, 1]).
         eps (float): maximum perturbation, in [0, 1].
         steps (int): number of iterations. (Default: 10, as in the paper)
-        step_size (float): step per iteration. (Default: eps / steps, as in the paper)
+        step_size (float): step per iteration, in (0, 1]. (Default: eps / steps, as in the paper)
         decay (float): momentum factor mu. (Default: 1.0)
         objective (str): "ce", "margin", "dlr", "lkd" or "joint". (Default: "ce")
         seed (int): recorded only; MIM is deterministic. (Default: 0)
@@ -39,7 +39,7 @@ class MIM(GradientAttack):
     name = "mim"
     norm = "Linf"
     ranges: ClassVar[Dict[str, Range]] = {**GradientAttack.ranges, "steps": Range(int, 1),
-                                          "step_size": Range(float, 0.0, low_open=True, optional=True),
+                                          "step_size": Range(float, 0.0, 1.0, low_open=True, optional=True),
                                           "decay": Range(float, 0.0)}
 
     def __init__(self, model: torch.nn.Module, eps: float, steps: int = 10,
@@ -47,7 +47,7 @@ class MIM(GradientAttack):
                  seed: int = 0, **options: Any) -> None:
         super().__init__(model, eps, objective, seed, **options)
         self._set(steps=steps, step_size=step_size, decay=decay)
-        self._set(step_size=default_step(self.step_size, self.eps, self.steps, 1.0))
+        self.step_size = self.params["step_size"] = default_step(self.step_size, self.eps, self.steps, 1.0)
 
     def _attack(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._best_of(self._attempt, x, y, 1)

@@ -21,7 +21,7 @@ class PGD(GradientAttack):
         model (RobustModel): model to attack (inputs in [0, 1]).
         eps (float): maximum perturbation, in [0, 1].
         steps (int): number of steps. (Default: 20)
-        step_size (float): step per iteration. (Default: 2.5 * eps / steps, so the
+        step_size (float): step per iteration, in (0, 1]. (Default: 2.5 * eps / steps, so the
             walk can cross the ball and back, as Madry et al. recommend)
         random_start (bool): start at a uniform point of the ball. (Default: True)
         restarts (int): independent runs; per sample the one with the highest
@@ -41,8 +41,9 @@ class PGD(GradientAttack):
 
     name = "pgd"
     norm = "Linf"
+    # A step beyond 1 crosses the whole pixel range: it changes nothing, and overflows float32 far out.
     ranges: ClassVar[Dict[str, Range]] = {**GradientAttack.ranges, "steps": Range(int, 1),
-                                          "step_size": Range(float, 0.0, low_open=True, optional=True),
+                                          "step_size": Range(float, 0.0, 1.0, low_open=True, optional=True),
                                           "restarts": Range(int, 1)}
 
     def __init__(self, model: torch.nn.Module, eps: float, steps: int = 20,
@@ -50,7 +51,7 @@ class PGD(GradientAttack):
                  objective: str = "ce", seed: int = 0, **options: Any) -> None:
         super().__init__(model, eps, objective, seed, **options)
         self._set(steps=steps, step_size=step_size, random_start=random_start, restarts=restarts)
-        self._set(step_size=default_step(self.step_size, self.eps, self.steps, 2.5))
+        self.step_size = self.params["step_size"] = default_step(self.step_size, self.eps, self.steps, 2.5)
 
     def _attack(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._best_of(self._attempt, x, y, self.restarts)

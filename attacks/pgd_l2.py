@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Dict, Optional
 import torch
 
 from robench.attacks.base import GradientAttack
-from robench.attacks.params import default_step
+from robench.attacks.params import default_step, eps_range
 from robench.attacks.pgd import PGD
 from robench.attacks.projections import project_l2, unit_l2
 from robench.params import Range
@@ -23,7 +23,7 @@ class PGDL2(GradientAttack):
         model (RobustModel): model to attack (inputs in [0, 1]).
         eps (float): maximum L2 perturbation, in [0, sqrt(C*H*W)].
         steps (int): number of steps. (Default: 20)
-        step_size (float): L2 length of each step. (Default: 2.5 * eps / steps)
+        step_size (float): L2 length of each step, in (0, sqrt(C*H*W)]. (Default: 2.5 * eps / steps)
         random_start (bool): start at a random point of the ball (Gaussian
             direction, radius uniform in [0, eps]). (Default: True)
         restarts (int): independent runs; per sample the one with the highest
@@ -43,14 +43,17 @@ class PGDL2(GradientAttack):
 
     name = "pgd-l2"
     norm = "L2"
-    ranges: ClassVar[Dict[str, Range]] = PGD.ranges
+    # The step's upper bound is the [0, 1] cube's diameter, which depends on the model (checked below).
+    ranges: ClassVar[Dict[str, Range]] = {**PGD.ranges, "step_size": Range(float, 0.0, low_open=True, optional=True)}
 
     def __init__(self, model: torch.nn.Module, eps: float, steps: int = 20,
                  step_size: Optional[float] = None, random_start: bool = True, restarts: int = 1,
                  objective: str = "ce", seed: int = 0, **options: Any) -> None:
         super().__init__(model, eps, objective, seed, **options)
         self._set(steps=steps, step_size=step_size, random_start=random_start, restarts=restarts)
-        self._set(step_size=default_step(self.step_size, self.eps, self.steps, 2.5))
+        if self.step_size is not None:
+            Range(float, 0.0, eps_range(self.norm, model).high, low_open=True).check(self.name, "step_size", step_size)
+        self.step_size = self.params["step_size"] = default_step(self.step_size, self.eps, self.steps, 2.5)
 
     def _attack(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._best_of(self._attempt, x, y, self.restarts)

@@ -14,6 +14,7 @@ from robench.attacks.eot import gradient_spread
 from robench.attacks.objectives import make_objective
 from robench.defenses.detectors import create_detector
 from robench.errors import UsageError
+from robench.params import is_number
 from robench.registry import registry
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -258,7 +259,7 @@ def test_every_numeric_argument_is_declared_and_checked(name, softmax_model):
                 if p.default is not inspect.Parameter.empty}
     if issubclass(cls, GradientAttack):
         defaults.update({k: v for k, v in GRADIENT_OPTIONS.items() if k != "detector"})
-    numeric = {k for k, v in defaults.items() if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))}
+    numeric = {k for k, v in defaults.items() if v is None or is_number(v)}
     assert numeric - {"eps", "runtime"} <= set(cls.ranges), "numeric arguments without a declared range"
     assert set(cls.ranges) <= set(cls.arguments())
     for param, declared in cls.ranges.items():
@@ -273,3 +274,16 @@ def test_targets_are_checked_against_the_model(softmax_model):
         create_attack("pgd", softmax_model, eps=0.1, targets=10)
     with pytest.raises(UsageError, match=r"apgd: eot must be an integer in \[1, inf\), got 0"):
         create_attack("apgd", softmax_model, eps=0.1, eot=0)
+
+
+@pytest.mark.parametrize("name, kwargs, words", [
+    ("pgd", {"step_size": 1e308}, r"pgd: step_size must be a number in \(0, 1\] or none, got 1e\+308"),
+    ("mim", {"step_size": 2.0}, r"mim: step_size must be a number in \(0, 1\]"),
+    ("pgd-l2", {"step_size": 1e308}, r"pgd-l2: step_size must be a number in \(0, 8\]"),
+    ("cw-l2", {"initial_const": 1e308}, r"cw-l2: initial_const must be a number in \(0, 1e\+10\)"),
+])
+def test_values_that_would_overflow_float32_are_out_of_range(softmax_model, name, kwargs, words):
+    """Found by the CLI fuzz test: a huge step reached torch as a float32 overflow traceback."""
+    with pytest.raises(UsageError, match=words):
+        create_attack(name, softmax_model, eps=EPS[registry("attacks").get(name).norm], **kwargs)
+    assert create_attack("pgd", softmax_model, eps=0.5, steps=1).step_size == 1.25  # a default is not capped

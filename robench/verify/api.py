@@ -31,11 +31,12 @@ from robench.params import Range, check_choice
 from robench.verify.bounds import Bounds, compute_bounds, input_box
 from robench.verify.extract import extract_network
 from robench.verify.network import DTYPE, Network, numel
-
+from robench.verify.solvers import PROOF_MARGIN  # no solver is imported here: they load on first use
 METHODS = ("exact", "crown", "crown-ibp", "ibp")
 NORMS = ("linf",)
 SOLVER_CHOICES = ("auto", "highs", "scip")
 STATUSES = ("robust", "not-robust", "unknown", "counterexample-rejected")
+SAFETY = 1e-4  # the retry after a rejected counterexample asks for this much margin (and threshold) to spare
 
 
 @dataclass
@@ -223,15 +224,21 @@ class _PointVerifier:
                 return self._finish("not-robust")
         bounds = compute_bounds(self.net, self.box, y, "crown" if self.cfg.method == "exact" else self.cfg.method)
         open_targets = self._open_targets(bounds)
+        self.lower = {t: float(bounds.margin_lower[t]) for t in range(len(bounds.margin_lower)) if t != y}
         if open_targets and self.cfg.method == "exact" and self.cfg.tighten:
-            from robench.verify.tighten import tighten_bounds
+            from robench.verify.tighten import lp_margin_bounds, tighten_bounds
 
             bounds = tighten_bounds(self.net, bounds, self.box, y)
-            open_targets = self._open_targets(bounds)
-        self.lower = {t: float(bounds.margin_lower[t]) for t in range(len(bounds.margin_lower)) if t != y}
+            self.lower = {t: float(bounds.margin_lower[t]) for t in self.lower}
+            for t, value in lp_margin_bounds(self.net, bounds, y, self._open_targets(bounds)).items():
+                self.lower[t] = max(self.lower[t], value)
+            open_targets = [t for t in self._open_targets(bounds) if self.lower[t] < PROOF_MARGIN]
         for t in self._unreachable(bounds):
             self.lower[t] = math.inf
         self.out.targets_certified = len(self.lower) - len(open_targets)
+        if self.cfg.method == "exact" and not self.cfg.stop_at_sign:
+            # The exact minimum: certified targets too, unless they cannot hold it (see _exact).
+            open_targets = [t for t, low in self.lower.items() if low < math.inf]
         if not open_targets:
             return self._finish("robust")
         if self.cfg.method != "exact":
@@ -283,48 +290,75 @@ class _PointVerifier:
     def _open_targets(self, bounds: Bounds) -> List[int]:
         far = set(self._unreachable(bounds))
         return [t for t in range(len(bounds.margin_lower))
-                if t != self.y and t not in far and float(bounds.margin_lower[t]) <= 0]
+                if t != self.y and t not in far and float(bounds.margin_lower[t]) < PROOF_MARGIN]
 
     # -- the programs --------------------------------------------------------------------------
     def _exact(self, bounds: Bounds, targets: Sequence[int], warm: torch.Tensor) -> VerifyResult:
         from robench.verify.milp import build_program
-        from robench.verify.solvers import SIGN_TOL, Quadratic, solve
 
         prog = build_program(self.net, bounds)
         self.out.solver, self.out.n_binaries = self.cfg.resolved_solver, prog.n_binaries
         start = prog.values(self.net, warm)
         z = self.net.forward(warm.to(DTYPE).unsqueeze(0))[self.net.output][0]
         order = sorted(targets, key=lambda t: float(z[self.y] - z[t]))  # the attack's target first
-        unknown, rejected = False, False
+        verdicts = []
         for t in order:
             if not self.cfg.stop_at_sign and self.lower[t] >= self.out.margin_upper:
                 continue  # cannot be the minimum
-            left = self.cfg.time_limit - (time.perf_counter() - self.t0)
-            if left <= 0:
-                unknown = True
+            verdict = self._target(prog, t, start)
+            if verdict == "broken" and self.cfg.stop_at_sign:
+                return self._finish("not-robust")
+            verdicts.append(verdict)
+            if verdict == "timeout":
                 break
-            coef = np.zeros(len(z))
-            coef[self.y], coef[t] = 1.0, -1.0
-            cost, const = prog.objective(self.net.output, coef)
-            quad = None
-            if self.cfg.threshold is not None:
-                quad = Quadratic(prog.exprs[self.net.features], self.net.mu[t].numpy(), self.cfg.threshold)
-            res = solve(prog, cost, const, self.out.solver, left, start, self.cfg.stop_at_sign, quad)
-            self.out.targets_solved += 1
-            self.out.nodes += res.nodes
-            if res.status != "unknown":
-                self.lower[t] = max(self.lower[t], res.dual)
-            decided = self.lower[t] > 0
+        if "broken" in verdicts:  # solving on (stop_at_sign False): the minimum may be another target's
+            return self._finish("not-robust")
+        if "timeout" in verdicts or "open" in verdicts:
+            return self._finish("unknown")
+        return self._finish("counterexample-rejected" if "rejected" in verdicts else "robust")
+
+    def _target(self, prog, t: int, start: np.ndarray) -> str:
+        """One target's program: "proved", "broken", "rejected", "open" or "timeout"."""
+        from robench.verify.solvers import SIGN_TOL
+
+        res = self._solve(prog, t, start, safety=0.0)
+        if res is None:
+            return "timeout"
+        if res.status != "unknown":
+            self.lower[t] = max(self.lower[t], res.dual)
+        if res.solution is None or res.primal > SIGN_TOL:
             if res.solution is not None:
-                cand = self._input_of(res.solution)
-                if res.primal <= SIGN_TOL:  # a candidate counterexample
-                    if self._try_candidate(cand, t):
-                        return self._finish("not-robust")
-                    rejected = decided = True
-                else:
-                    self.out.margin_upper = min(self.out.margin_upper, self._margin64(cand))
-            unknown = unknown or not decided
-        return self._finish("unknown" if unknown else "counterexample-rejected" if rejected else "robust")
+                self.out.margin_upper = min(self.out.margin_upper, self._margin64(self._input_of(res.solution)))
+            return "proved" if self.lower[t] >= PROOF_MARGIN else "open"
+        if self._try_candidate(self._input_of(res.solution), t):
+            return "broken"
+        # Optima sit on the boundary (margin 0, score = threshold), where float32 may disagree:
+        # look once more for a counterexample with room to spare on both.
+        retry = self._solve(prog, t, start, safety=SAFETY)
+        if retry is not None and retry.solution is not None and retry.primal < 0:
+            if self._try_candidate(self._input_of(retry.solution), t):
+                return "broken"
+        return "rejected"
+
+    def _solve(self, prog, t: int, start: np.ndarray, safety: float):
+        from robench.verify.solvers import Quadratic, solve
+
+        left = self.cfg.time_limit - (time.perf_counter() - self.t0)
+        if left <= 0:
+            return None
+        coef = np.zeros(self.net.nodes[self.net.output].shape[0])
+        coef[self.y], coef[t] = 1.0, -1.0
+        cost, const = prog.objective(self.net.output, coef)
+        quad = None
+        if self.cfg.threshold is not None:
+            thr = self.cfg.threshold - safety * (1.0 + abs(self.cfg.threshold))
+            quad = Quadratic(prog.exprs[self.net.features], self.net.mu[t].numpy(), thr)
+        res = solve(prog, cost, const + safety, self.out.solver, left, start, self.cfg.stop_at_sign or safety > 0, quad)
+        self.out.targets_solved += safety == 0
+        self.out.nodes += res.nodes
+        if safety:
+            res.primal -= safety
+        return res
 
     def _input_of(self, solution: np.ndarray) -> torch.Tensor:
         n = numel(self.net.input_shape)
@@ -339,7 +373,7 @@ class _PointVerifier:
             out.margin_lower = min(out.margin_lower, out.margin_upper)
         else:
             out.margin_lower = min(self.lower.values()) if getattr(self, "lower", None) else -math.inf
-        if status == "robust" and not out.margin_lower > 0:
+        if status == "robust" and not out.margin_lower >= PROOF_MARGIN:
             raise AssertionError("a robust verdict without a positive margin bound")  # a bug, never a user error
         out.seconds = time.perf_counter() - self.t0
         return out

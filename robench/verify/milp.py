@@ -8,9 +8,10 @@ pre-activation ``z``::
     a >= z,   a <= z - l (1 - d),   a <= u d,   0 <= a <= u,   d in {0, 1}
 
 A ReLU with ``u <= 0`` is the constant 0 and one with ``l >= 0`` is ``z``
-itself: neither gets a variable, so the tighter the bounds, the fewer the
-binaries. Every other node is an affine expression (sparse matrix) of the
-variables. With ``d`` relaxed to [0, 1] the same rows are the triangle
+itself: neither gets a binary, so the tighter the bounds, the fewer the
+binaries. Each live pre-activation ``z`` is a variable bounded by its proven
+interval (one equality row); every other node is an affine expression (sparse
+matrix) of the variables. With ``d`` relaxed to [0, 1] the same rows are the triangle
 relaxation, which :func:`tighten_bounds` uses to sharpen the bounds layer by
 layer by linear programming (HiGHS).
 """
@@ -47,6 +48,7 @@ class Program:
     row_hi: np.ndarray
     exprs: Dict[int, Expr]
     relus: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    pres: Dict[int, Tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
     def n_vars(self) -> int:
@@ -66,6 +68,8 @@ class Program:
         vals = np.zeros(self.n_vars)
         node_values = net.forward(x.to(DTYPE).reshape(1, *net.input_shape))
         vals[: numel(net.input_shape)] = node_values[0].reshape(-1).numpy()
+        for node, (live, z_col) in self.pres.items():
+            vals[z_col] = node_values[net.nodes[node].inputs[0]].reshape(-1).numpy()[live]
         for node, (flat, a_col, d_col) in self.relus.items():
             pre = node_values[net.nodes[node].inputs[0]].reshape(-1).numpy()[flat]
             vals[a_col] = np.maximum(pre, 0.0)
@@ -83,7 +87,7 @@ def build_program(net: Network, bounds: Bounds, upto: Optional[int] = None, rela
             src = net.nodes[i].inputs[0]
             lo, hi = bounds.lower[src].reshape(-1).numpy(), bounds.upper[src].reshape(-1).numpy()
             pre_bounds[i] = (lo, hi)
-            n_cols += 2 * int(((lo < 0) & (hi > 0)).sum())
+            n_cols += int((hi > 0).sum()) + 2 * int(((lo < 0) & (hi > 0)).sum())
     builder = _Builder(n_cols, relax)
     box = (bounds.lower[0].reshape(-1).numpy(), bounds.upper[0].reshape(-1).numpy())
     exprs: Dict[int, Expr] = {0: builder.inputs(*box)}
@@ -119,6 +123,7 @@ class _Builder:
         self.lo: List[np.ndarray] = []
         self.hi: List[np.ndarray] = []
         self.relus: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.pres: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
 
     def columns(self, k: int) -> np.ndarray:
         cols = np.arange(self.next, self.next + k)
@@ -131,28 +136,49 @@ class _Builder:
         return sp.csr_matrix((np.ones(len(lo)), (np.arange(len(lo)), cols)), shape=(len(lo), self.n)), np.zeros(len(lo))
 
     def relu(self, node: int, pre: Expr, lo: np.ndarray, hi: np.ndarray) -> Expr:
-        m, c = pre
-        active, unstable = lo >= 0, (lo < 0) & (hi > 0)
-        flat = np.flatnonzero(unstable)
+        live = np.flatnonzero(hi > 0)
+        z_col = self.columns(len(live))
+        z = self._pre_variables(pre, live, z_col, lo[live], hi[live])
+        self.pres[node] = (live, z_col)
+        unstable = lo[live] < 0
+        flat, zu = live[unstable], z_col[unstable]
         k = len(flat)
         a_col, d_col = self.columns(k), self.columns(k)
         self.lb[a_col], self.ub[a_col] = 0.0, hi[flat]
         self.lb[d_col], self.ub[d_col] = 0.0, 1.0
         self.integer[d_col] = not self.relax
         self.relus[node] = (flat, a_col, d_col)
-        rows = np.arange(k)
-        e_a = sp.csr_matrix((np.ones(k), (rows, a_col)), shape=(k, self.n))
-        p = m[flat]
         l, u = lo[flat], hi[flat]
-        self._rows(e_a - p, c[flat], np.full(k, np.inf))                                  # a >= z
-        e_d_l = sp.csr_matrix((-l, (rows, d_col)), shape=(k, self.n))
-        self._rows(e_a - p + e_d_l, np.full(k, -np.inf), c[flat] - l)                    # a <= z - l (1 - d)
-        e_d_u = sp.csr_matrix((-u, (rows, d_col)), shape=(k, self.n))
-        self._rows(e_a + e_d_u, np.full(k, -np.inf), np.zeros(k))                        # a <= u d
-        # The output: a's column for unstable neurons, z's row for active ones, 0 for dead ones.
-        keep = sp.diags(active.astype(float)) @ m
-        out = keep + sp.csr_matrix((np.ones(k), (flat, a_col)), shape=m.shape)
-        return out.tocsr(), np.where(active, c, 0.0)
+        self._pairs([a_col, zu], [1.0, -1.0], 0.0, np.inf)                     # a >= z
+        self._pairs([a_col, zu, d_col], [1.0, -1.0, -l], -np.inf, -l)          # a <= z - l (1 - d)
+        self._pairs([a_col, d_col], [1.0, -u], -np.inf, 0.0)                   # a <= u d
+        # The output: a for unstable neurons, z for active ones, 0 for dead ones.
+        cols = z.copy()
+        cols[unstable] = a_col
+        out = sp.csr_matrix((np.ones(len(live)), (live, cols)), shape=(len(lo), self.n))
+        return out, np.zeros(len(lo))
+
+    def _pre_variables(self, pre: Expr, live: np.ndarray, cols: np.ndarray, lo: np.ndarray,
+                       hi: np.ndarray) -> np.ndarray:
+        """Columns z = pre[live], bounded by the proven interval: the ReLU rows stay sparse
+        (the pre-activation's long row appears once, not twice) and the bounds tighten the LP."""
+        m, c = pre
+        k = len(live)
+        self.lb[cols], self.ub[cols] = lo, hi
+        e_z = sp.csr_matrix((np.ones(k), (np.arange(k), cols)), shape=(k, self.n))
+        self._rows(e_z - m[live], c[live], c[live])
+        return cols
+
+    def _pairs(self, cols, coefs, lo, hi) -> None:
+        """Rows ``lo <= sum_j coefs[j] * v[cols[j][r]] <= hi`` for r = 0..k-1 (coefs scalar or per row)."""
+        k = len(cols[0])
+        if k == 0:
+            return
+        rows = np.tile(np.arange(k), len(cols))
+        data = np.concatenate([np.broadcast_to(np.asarray(c, dtype=float), (k,)) for c in coefs])
+        block = sp.csr_matrix((data, (rows, np.concatenate(cols))), shape=(k, self.n))
+        self._rows(block, np.broadcast_to(np.asarray(lo, dtype=float), (k,)).copy(),
+                   np.broadcast_to(np.asarray(hi, dtype=float), (k,)).copy())
 
     def _rows(self, block: sp.spmatrix, lo: np.ndarray, hi: np.ndarray) -> None:
         self.blocks.append(sp.csr_matrix(block))
@@ -163,4 +189,4 @@ class _Builder:
         rows = sp.vstack(self.blocks).tocsr() if self.blocks else sp.csr_matrix((0, self.n))
         lo = np.concatenate(self.lo) if self.lo else np.zeros(0)
         hi = np.concatenate(self.hi) if self.hi else np.zeros(0)
-        return Program(self.lb, self.ub, self.integer, rows, lo, hi, exprs, self.relus)
+        return Program(self.lb, self.ub, self.integer, rows, lo, hi, exprs, self.relus, self.pres)

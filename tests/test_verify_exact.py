@@ -1,0 +1,238 @@
+"""robench.verify, method exact: the MILP against brute force, attacks and the float32 model.
+
+The 2-D networks (input shape (2, 1, 1)) let a 201 x 201 grid of the ball
+stand in for the truth; the digits MLP checks the verdicts against PGD and
+the real model.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+from robench.archs import MLP
+from robench.errors import UsageError
+from robench.verify import verify_points
+from robench.verify import solvers
+from robench.verify.bounds import compute_bounds, input_box
+from robench.verify.extract import extract_network
+from robench.verify.network import DTYPE
+from robench.verify.tighten import tighten_bounds
+from tests.test_verify import make_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_2d(head: str, seed: int):
+    torch.manual_seed(seed)
+    net = MLP(num_classes=3, feature_dim=6, head=head, in_channels=2, input_size=1, hidden=(8,))
+    return make_model(net, (2, 1, 1), mean=0.5, std=0.5)
+
+
+def grid(x0: torch.Tensor, eps: float, k: int = 201) -> torch.Tensor:
+    lo, hi = input_box(x0, eps)
+    a = torch.linspace(float(lo[0, 0, 0]), float(hi[0, 0, 0]), k, dtype=DTYPE)
+    b = torch.linspace(float(lo[1, 0, 0]), float(hi[1, 0, 0]), k, dtype=DTYPE)
+    aa, bb = torch.meshgrid(a, b, indexing="ij")
+    return torch.stack([aa.reshape(-1), bb.reshape(-1)], 1).reshape(-1, 2, 1, 1)
+
+
+def brute(model, x0, y, eps, thr=None):
+    """min over grid points (unflagged for the target, with a threshold) of z_y - z_t; and the points."""
+    net = extract_network(model)
+    pts = grid(x0, eps)
+    values = net.forward(pts)
+    z, f = values[net.output], values[net.features]
+    margins = z[:, y:y + 1] - z
+    margins[:, y] = float("inf")
+    if thr is not None:
+        dist = 0.5 * ((f[:, None, :] - net.mu[None]) ** 2).sum(2)
+        margins = torch.where(dist <= thr, margins, torch.full_like(margins, float("inf")))
+    return float(margins.min()), pts, margins.min(1).values
+
+
+# Seeds whose decision regions split the unit square (others predict one class everywhere).
+CASES = [(seed, (a, b), eps) for seed in (1, 3, 4) for (a, b) in ((0.3, 0.6), (0.8, 0.2), (0.5, 0.5))
+         for eps in (0.05, 0.3)]
+
+
+@pytest.mark.parametrize("head", ["linear", "gm"])
+def test_exact_minimum_matches_brute_force_and_bounds_stay_below(head):
+    statuses = set()
+    for seed, (a, b), eps in CASES:
+        model = tiny_2d(head, seed)
+        x0 = torch.tensor([a, b]).reshape(2, 1, 1)
+        y = int(model(x0[None]).argmax())
+        (res,) = verify_points(model, x0[None], torch.tensor([y]), eps, stop_at_sign=False)
+        best, _, _ = brute(model, x0, y, eps)
+        assert res.margin_lower <= best + 1e-6  # the exact minimum is below every grid point
+        assert res.margin_lower >= best - 0.02 * (1 + abs(best))  # and the grid comes close to it
+        assert res.margin_upper - res.margin_lower < 1e-4
+        if abs(best) > 0.02:
+            assert res.status == ("robust" if best > 0 else "not-robust")
+        statuses.add(res.status)
+        for method in ("crown", "crown-ibp", "ibp"):
+            (cert,) = verify_points(model, x0[None], torch.tensor([y]), eps, method=method)
+            assert cert.margin_lower <= res.margin_lower + 1e-7, method
+            assert cert.status in ("robust", "unknown") or res.status == "not-robust"
+            assert cert.status != "robust" or res.status == "robust"
+    assert {"robust", "not-robust"} <= statuses  # both answers were really tested
+
+
+def test_highs_and_scip_find_the_same_optimum():
+    for seed, (a, b), eps in CASES[:6]:
+        model = tiny_2d("linear", seed)
+        x0 = torch.tensor([a, b]).reshape(1, 2, 1, 1)
+        y = model(x0).argmax(1)
+        (h,) = verify_points(model, x0, y, eps, solver="highs", stop_at_sign=False)
+        (s,) = verify_points(model, x0, y, eps, solver="scip", stop_at_sign=False)
+        assert h.status == s.status and abs(h.margin_lower - s.margin_lower) < 1e-5
+
+
+def test_gm_detector_constraint_matches_brute_force():
+    seen = set()
+    for seed, (a, b), eps in CASES[::2]:
+        model = tiny_2d("gm", seed)
+        x0 = torch.tensor([a, b]).reshape(2, 1, 1)
+        y = int(model(x0[None]).argmax())
+        with torch.no_grad():
+            scores = -model(grid(x0, eps).float()).max(1).values
+        for thr in (float(scores.quantile(0.3)), float(scores.quantile(0.9))):
+            best, pts, per_point = brute(model, x0, y, eps, thr)
+            (res,) = verify_points(model, x0[None], torch.tensor([y]), eps, threshold=thr)
+            seen.add(res.status)
+            if res.status == "robust":  # no grid point is misclassified and unflagged
+                assert best > -1e-6
+            else:
+                assert res.status == "not-robust"
+                cex = res.counterexample
+                assert cex is not None and (cex - x0).abs().max() <= eps + 1e-6
+                with torch.no_grad():
+                    logits = model(cex[None])[0]
+                assert int(logits.argmax()) != y and float(-logits.max()) <= thr
+            (opt,) = verify_points(model, x0[None], torch.tensor([y]), eps, threshold=thr, stop_at_sign=False)
+            assert opt.margin_lower <= best + 1e-6
+            if best < float("inf"):
+                assert opt.margin_lower >= best - 0.02 * (1 + abs(best))
+    assert {"robust", "not-robust"} <= seen
+
+
+@pytest.fixture(scope="module")
+def digits_mlp(digits):
+    from robench.training import TrainConfig, train
+
+    return train(TrainConfig(defense="softmax", dataset="digits", arch="mlp", epochs=12, seed=0, device="cpu"),
+                 data=digits, quiet=True)
+
+
+def test_points_proven_robust_survive_pgd(digits_mlp, digits):
+    import robench
+
+    x, y = digits.split("test", 12)
+    eps = 0.02
+    res = verify_points(digits_mlp, x, y, eps)
+    robust = torch.tensor([r.robust for r in res])
+    assert robust.sum() >= 4 and all(r.status in ("robust", "not-robust") for r in res)
+    attack = robench.create_attack("pgd", digits_mlp, eps=eps, steps=50, restarts=3, objective="margin")
+    x_adv = attack(x[robust], y[robust])
+    assert (digits_mlp.predict(x_adv) == y[robust]).all()
+
+
+def test_counterexamples_fool_the_float32_model():
+    found = 0
+    for seed, (a, b), eps in CASES:
+        model = tiny_2d("linear", seed)
+        x0 = torch.tensor([a, b]).reshape(1, 2, 1, 1)
+        y = model(x0).argmax(1)
+        (r,) = verify_points(model, x0, y, eps)  # no warm start: the program must find it
+        if r.status != "not-robust":
+            continue
+        found += 1
+        cex = r.counterexample
+        assert cex.dtype == torch.float32 and cex.shape == x0[0].shape and r.targets_solved > 0
+        assert (cex - x0[0]).abs().max() <= eps + 1e-6 and cex.min() >= 0 and cex.max() <= 1
+        pred = int(model(cex[None]).argmax())
+        assert pred != int(y) and pred == r.recheck_pred and r.recheck_margin < 0
+        assert r.margin_upper < 0 and r.margin_lower <= r.margin_upper
+    assert found >= 3
+
+
+def test_an_attack_start_that_fools_decides_without_solving(digits_mlp, digits):
+    import robench
+
+    x, y = digits.split("test", 12)
+    x_adv = robench.create_attack("pgd", digits_mlp, eps=0.15, steps=20, objective="margin")(x, y)
+    fooled = digits_mlp.predict(x_adv) != y
+    assert fooled.sum() >= 3
+    res = verify_points(digits_mlp, x[fooled], y[fooled], 0.15, x_start=x_adv[fooled])
+    for r, adv in zip(res, x_adv[fooled]):
+        assert r.status == "not-robust" and r.targets_solved == 0 and r.n_binaries == 0
+        assert torch.equal(r.counterexample, adv)
+
+
+def test_a_counterexample_the_model_rejects_is_never_an_attack_success(monkeypatch):
+    model = tiny_2d("linear", 4)
+    x0 = torch.tensor([0.3, 0.6]).reshape(1, 2, 1, 1)
+    y = model(x0).argmax(1)
+    (honest,) = verify_points(model, x0, y, 0.3, tighten=False)
+    assert honest.status == "not-robust" and honest.targets_solved > 0
+    real = solvers.solve
+
+    def lying_solver(prog, cost, const, *args, **kwargs):  # claims the clean point breaks the model
+        out = real(prog, cost, const, *args, **kwargs)
+        fake = np.zeros(prog.n_vars)
+        fake[:2] = x0.reshape(-1).numpy()
+        return solvers.SolveResult("negative", -1.0, -0.5, fake, out.seconds, out.nodes)
+
+    monkeypatch.setattr(solvers, "solve", lying_solver)
+    (res,) = verify_points(model, x0, y, 0.3, tighten=False)
+    assert res.status == "counterexample-rejected" and res.counterexample is None
+    assert res.recheck_pred == int(y) and res.recheck_margin > 0
+
+
+def test_time_limit_gives_unknown(monkeypatch):
+    model = tiny_2d("linear", 4)
+    x0 = torch.tensor([0.3, 0.6]).reshape(1, 2, 1, 1)
+    y = model(x0).argmax(1)
+    monkeypatch.setattr(solvers, "solve", lambda *a, **k: solvers.SolveResult(
+        "unknown", -1.0, float("inf"), None, 0.0, 0))
+    (res,) = verify_points(model, x0, y, 0.3, tighten=False)
+    assert res.status == "unknown" and res.margin_lower < 0
+
+
+def test_lp_tightening_is_sound_and_no_looser():
+    torch.manual_seed(3)
+    model = make_model(MLP(head="gm", in_channels=1, input_size=8, hidden=(24,), feature_dim=12), (1, 8, 8))
+    net = extract_network(model)
+    x0 = torch.rand(1, 8, 8)
+    y = int(model(x0[None]).argmax())
+    box = input_box(x0, 0.05)
+    crown = compute_bounds(net, box, y, "crown")
+    tight = tighten_bounds(net, crown, box, y)
+    samples = box[0] + (box[1] - box[0]) * torch.rand((400, 1, 8, 8), dtype=DTYPE)
+    values = net.forward(samples)
+    for i in tight.lower:
+        assert (tight.lower[i] >= crown.lower[i] - 1e-12).all() and (tight.upper[i] <= crown.upper[i] + 1e-12).all()
+        assert (values[i] >= tight.lower[i] - 1e-9).all() and (values[i] <= tight.upper[i] + 1e-9).all()
+
+
+def test_missing_solver_is_one_line(monkeypatch):
+    model = tiny_2d("linear", 0)
+    x0 = torch.tensor([0.3, 0.6]).reshape(1, 2, 1, 1)
+    y = model(x0).argmax(1)
+    real = importlib.import_module
+
+    def no_solvers(name, *args):
+        if name in ("highspy", "pyscipopt"):
+            raise ImportError(f"No module named '{name}'")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", no_solvers)
+    with pytest.raises(UsageError) as info:
+        verify_points(model, x0, y, 0.1, method="exact")
+    assert "pip install -e '.[verify]'" in str(info.value) and "\n" not in str(info.value)
+    (res,) = verify_points(model, x0, y, 0.1, method="crown")  # bounds need no solver
+    assert res.status in ("robust", "unknown")
