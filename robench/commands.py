@@ -169,8 +169,14 @@ def listing(kind: str, pattern: Optional[str]) -> List[Dict[str, str]]:
 
 
 def report_summary(index: Path) -> Dict[str, Any]:
-    """``robench report --json``: where the report is and what it holds."""
+    """``robench report --json``: where the report is, what it holds, and its headline table."""
+    import json
+
+    import pandas as pd
+
     folder = Path(index).parent
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    return {"index": str(index), "folder": str(folder), "files": files}
+    headline = folder / "headline.csv"
+    rows = json.loads(pd.read_csv(headline).to_json(orient="records")) if headline.is_file() else []
+    return {"index": str(index), "folder": str(folder), "files": files, "headline": rows}
