@@ -113,6 +113,7 @@ def part(model, label: str, x, y, eps: float, attacks: List[str], thr, detector,
         res = verify_points(model, x, y, eps, method=method, threshold=thr, time_limit=time_limit,
                             x_start=best if method == "exact" else None)
         rec[method] = {"status": [r.status for r in res], "seconds": [r.seconds for r in res],
+                       "cpu_seconds": [r.cpu_seconds for r in res],
                        "binaries": [r.n_binaries for r in res], "solved": [r.targets_solved for r in res],
                        "wall": time.perf_counter() - t0}
     return rec
@@ -134,6 +135,7 @@ def summary_rows(rec: Dict[str, Any]) -> List[str]:
     undecided = sum(s in ("unknown", "counterexample-rejected") for s in ex)
     rejected = sum(s == "counterexample-rejected" for s in ex)
     secs = np.array(rec["exact"]["seconds"])
+    cpu = np.array(rec["exact"].get("cpu_seconds", [float("nan")]))
     rows = []
     label = f"{rec['model']} | {n}"
     attacks = dict(rec["attacks"])
@@ -148,7 +150,8 @@ def summary_rows(rec: Dict[str, Any]) -> List[str]:
     rows.append(f"| {label} | {rec['eps']:g} | **exact** (MILP) | **{robust / n:.3f}**"
                 f"{f' .. {(robust + undecided) / n:.3f}' if undecided else ''} | undecided {undecided} "
                 f"(counterexample rejected {rejected}) | "
-                f"median {np.median(secs):.3f} s, max {secs.max():.1f} s per point |")
+                f"median {np.median(secs):.3f} s, max {secs.max():.1f} s per point (CPU: median "
+                f"{np.median(cpu):.3f} s, max {cpu.max():.1f} s) |")
     for method in ("crown", "ibp"):
         if method in rec:
             st = rec[method]["status"]
