@@ -192,7 +192,8 @@ def verify_points(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     return results
 
 
-def _check_inputs(model, x, y, x_start):
+def _check_inputs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, x_start: Optional[torch.Tensor]):
+    """x, y and x_start checked (one UsageError line each) and moved to CPU float32 / int64."""
     shape = tuple(int(s) for s in model.info.input_shape)
     if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != shape or not x.is_floating_point():
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
