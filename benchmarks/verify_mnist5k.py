@@ -97,7 +97,8 @@ def outcome(model, x_adv, y, thr: Optional[float]):
 
 def part(model, label: str, x, y, eps: float, attacks: List[str], thr, detector, time_limit: float,
          methods=("exact", "crown", "ibp")) -> Dict[str, Any]:
-    rec: Dict[str, Any] = {"model": label, "eps": eps, "n": len(y), "threshold": thr, "attacks": {}}
+    rec: Dict[str, Any] = {"model": label, "eps": eps, "n": len(y), "threshold": thr, "attacks": {},
+                           "commit": _commit()}
     best, best_margin = x.clone(), torch.full((len(y),), float("inf"))
     worst = torch.ones(len(y), dtype=torch.bool)
     for spec in attacks:
@@ -117,6 +118,14 @@ def part(model, label: str, x, y, eps: float, attacks: List[str], thr, detector,
                        "binaries": [r.n_binaries for r in res], "solved": [r.targets_solved for r in res],
                        "wall": time.perf_counter() - t0}
     return rec
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def autoattack(model, x, y, eps: float) -> Dict[str, Any]:
@@ -141,7 +150,7 @@ def summary_rows(rec: Dict[str, Any]) -> List[str]:
     attacks = dict(rec["attacks"])
     if "autoattack" in rec:
         attacks["ta:AutoAttack (standard)"] = rec["autoattack"]
-    attacks["worst case of the attack list"] = {"robust": rec["worst_case"], "seconds": None}
+    attacks["worst case of the --attack list"] = {"robust": rec["worst_case"], "seconds": None}
     for name, a in attacks.items():
         missed = sum(r and e for r, e in zip(a["robust"], exact_nr))
         took = "" if a["seconds"] is None else f"{a['seconds']:.1f} s total"
@@ -176,7 +185,8 @@ def write_md(path: Path, recs: List[Dict[str, Any]], args, started: float) -> No
              "|---|---|---|---|---|---|---|"]
     for rec in recs:
         lines += summary_rows(rec)
-    lines += ["", *NOTES, "", f"Wall-clock of the exact, crown and ibp passes per part (s): " + ", ".join(
+    commits = sorted({r.get("commit", "unrecorded") for r in recs})
+    lines += ["", *NOTES, f"* Computed at robench commit(s): {', '.join(commits)}.", "", f"Wall-clock of the exact, crown and ibp passes per part (s): " + ", ".join(
         f"{r['model']} n {r['n']} eps {r['eps']:g}: {r['exact']['wall']:.0f}/{r['crown']['wall']:.0f}/{r['ibp']['wall']:.0f}"
         for r in recs)]
     path.write_text("\n".join(lines) + "\n")
