@@ -13,6 +13,10 @@ Kept apart from the base class because each is one idea from one paper:
   a point still classified correctly steps on the classifier term, a
   misclassified one on the detector term; "orthogonal" first removes from each
   gradient its component along the other, so one goal's step does not undo the other.
+  Where the two gradients are nearly parallel (a GM head with the gm-likelihood
+  detector: the score is minus the largest logit, which the margin shares),
+  little is left after the projection and orthogonal steps barely move; use
+  selective there (measured in benchmarks/bench_apgd.py).
 """
 
 from __future__ import annotations

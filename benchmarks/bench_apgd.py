@@ -9,11 +9,12 @@ Part 2, with the model's auto detector (gm-likelihood for GM, mahalanobis
 otherwise) at the 5%-FPR threshold: det_robust_acc (fraction of points whose
 example is classified correctly or flagged) of the gray-box PGD (ce), of
 today's white-box worst case (per point over ce, margin, joint and, for GM,
-lkd), of each new candidate (multi-targeted lkd pull with 9 targets, selective
-and orthogonal PGD on the joint objective), and of the worst case over all of
-them; passes per point beside each.
+lkd), of each new candidate (selective and orthogonal PGD on the joint
+objective, the joint objective multi-targeted at the 9 other classes with PGD
+and with APGD, APGD-CE, and for GM the lkd pull with 9 targets), and of the
+worst case over all of them; passes per point beside each.
 
-Run (CPU, one thread; about 15 minutes for two mnist5k models at n 200)::
+Run (CPU, one thread; about 15 minutes per model and eps at n 200, steps 100)::
 
     robench train --defense gm --dataset mnist5k --seed 0 --out gm.pt
     robench train --defense softmax --dataset mnist5k --seed 0 --out softmax.pt
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import torch
 
@@ -74,29 +75,34 @@ def part_apgd(model, x, y, eps: float, steps: int) -> None:
         print(f"  eps {eps:<4g} PGD-{objective.upper():<5} robench {acc(pgd):.3f} (same steps)", flush=True)
 
 
-def candidates(model, detector, eps: float, steps: int) -> Dict[str, Dict[str, Any]]:
+def candidates(model, detector) -> Dict[str, Dict[str, Tuple[str, Dict[str, Any]]]]:
+    """{"old" | "new": {label: (attack name, arguments)}}: today's white-box objectives and the new ones."""
     joint = {"objective": "joint", "detector": detector, "fpr": 0.05}
-    old = {o: ({**joint} if o == "joint" else {"objective": o}) for o in ["ce", "margin", "joint"]
-           + (["lkd"] if model.is_gm else [])}
-    new = {"joint-selective": {**joint, "update": "selective"},
-           "joint-orthogonal": {**joint, "update": "orthogonal"}}
+    others = model.num_classes - 1
+    old = {o: ("pgd", {**joint} if o == "joint" else {"objective": o})
+           for o in ["ce", "margin", "joint"] + (["lkd"] if model.is_gm else [])}
+    new = {"joint-selective": ("pgd", {**joint, "update": "selective"}),
+           "joint-orthogonal": ("pgd", {**joint, "update": "orthogonal"}),
+           "joint-targets9": ("pgd", {**joint, "targets": others}),
+           "apgd-ce": ("apgd", {}),
+           "apgd-joint-targets9": ("apgd", {**joint, "targets": others})}
     if model.is_gm:
-        new["lkd-targets9"] = {"objective": "lkd", "targets": model.num_classes - 1}
+        new["lkd-targets9"] = ("pgd", {"objective": "lkd", "targets": others})
     return {"old": old, "new": new}
 
 
 def part_adaptive(model, detector, x, y, eps: float, steps: int) -> None:
     threshold = detector.threshold(0.05)
     lost: Dict[str, torch.Tensor] = {}
-    for group, specs in candidates(model, detector, eps, steps).items():
-        for label, kwargs in specs.items():
-            attack = create_attack("pgd", model, eps=eps, steps=steps, **kwargs)
+    for group, specs in candidates(model, detector).items():
+        for label, (name, kwargs) in specs.items():
+            attack = create_attack(name, model, eps=eps, steps=steps, **kwargs)
             x_adv, seconds = timed(lambda: attack(x, y))
             lost[label] = (model.predict(x_adv) != y) & (detector.score(x_adv) <= threshold)
             passes = (attack.n_forward + attack.n_backward) / len(x)
-            print(f"  eps {eps:<4g} {group} {label:<17} det_robust_acc_fpr5 {kept(lost[label]):.3f}"
+            print(f"  eps {eps:<4g} {group} {label:<19} det_robust_acc_fpr5 {kept(lost[label]):.3f}"
                   f"   passes/pt {passes:6.0f}   {seconds:6.1f} s", flush=True)
-    old = list(candidates(model, detector, eps, steps)["old"])
+    old = list(candidates(model, detector)["old"])
     worst_old = torch.stack([lost[k] for k in old]).any(0)
     worst_all = torch.stack(list(lost.values())).any(0)
     print(f"  eps {eps:<4g} worst case: old white-box {kept(worst_old):.3f}   old + new {kept(worst_all):.3f}   "

@@ -97,7 +97,8 @@ def outcome(model, x_adv, y, thr: Optional[float]):
 
 def part(model, label: str, x, y, eps: float, attacks: List[str], thr, detector, time_limit: float,
          methods=("exact", "crown", "ibp")) -> Dict[str, Any]:
-    rec: Dict[str, Any] = {"model": label, "eps": eps, "n": len(y), "threshold": thr, "attacks": {}}
+    rec: Dict[str, Any] = {"model": label, "eps": eps, "n": len(y), "threshold": thr, "attacks": {},
+                           "commit": _commit()}
     best, best_margin = x.clone(), torch.full((len(y),), float("inf"))
     worst = torch.ones(len(y), dtype=torch.bool)
     for spec in attacks:
@@ -113,9 +114,18 @@ def part(model, label: str, x, y, eps: float, attacks: List[str], thr, detector,
         res = verify_points(model, x, y, eps, method=method, threshold=thr, time_limit=time_limit,
                             x_start=best if method == "exact" else None)
         rec[method] = {"status": [r.status for r in res], "seconds": [r.seconds for r in res],
+                       "cpu_seconds": [r.cpu_seconds for r in res],
                        "binaries": [r.n_binaries for r in res], "solved": [r.targets_solved for r in res],
                        "wall": time.perf_counter() - t0}
     return rec
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def autoattack(model, x, y, eps: float) -> Dict[str, Any]:
@@ -134,12 +144,13 @@ def summary_rows(rec: Dict[str, Any]) -> List[str]:
     undecided = sum(s in ("unknown", "counterexample-rejected") for s in ex)
     rejected = sum(s == "counterexample-rejected" for s in ex)
     secs = np.array(rec["exact"]["seconds"])
+    cpu = np.array(rec["exact"].get("cpu_seconds", [float("nan")]))
     rows = []
     label = f"{rec['model']} | {n}"
     attacks = dict(rec["attacks"])
     if "autoattack" in rec:
         attacks["ta:AutoAttack (standard)"] = rec["autoattack"]
-    attacks["worst case of the attack list"] = {"robust": rec["worst_case"], "seconds": None}
+    attacks["worst case of the --attack list"] = {"robust": rec["worst_case"], "seconds": None}
     for name, a in attacks.items():
         missed = sum(r and e for r, e in zip(a["robust"], exact_nr))
         took = "" if a["seconds"] is None else f"{a['seconds']:.1f} s total"
@@ -148,7 +159,8 @@ def summary_rows(rec: Dict[str, Any]) -> List[str]:
     rows.append(f"| {label} | {rec['eps']:g} | **exact** (MILP) | **{robust / n:.3f}**"
                 f"{f' .. {(robust + undecided) / n:.3f}' if undecided else ''} | undecided {undecided} "
                 f"(counterexample rejected {rejected}) | "
-                f"median {np.median(secs):.3f} s, max {secs.max():.1f} s per point |")
+                f"median {np.median(secs):.3f} s, max {secs.max():.1f} s per point (CPU: median "
+                f"{np.median(cpu):.3f} s, max {cpu.max():.1f} s) |")
     for method in ("crown", "ibp"):
         if method in rec:
             st = rec[method]["status"]
@@ -173,7 +185,8 @@ def write_md(path: Path, recs: List[Dict[str, Any]], args, started: float) -> No
              "|---|---|---|---|---|---|---|"]
     for rec in recs:
         lines += summary_rows(rec)
-    lines += ["", *NOTES, "", f"Wall-clock of the exact, crown and ibp passes per part (s): " + ", ".join(
+    commits = sorted({r.get("commit", "unrecorded") for r in recs})
+    lines += ["", *NOTES, f"* Computed at robench commit(s): {', '.join(commits)}.", "", f"Wall-clock of the exact, crown and ibp passes per part (s): " + ", ".join(
         f"{r['model']} n {r['n']} eps {r['eps']:g}: {r['exact']['wall']:.0f}/{r['crown']['wall']:.0f}/{r['ibp']['wall']:.0f}"
         for r in recs)]
     path.write_text("\n".join(lines) + "\n")

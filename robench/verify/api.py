@@ -55,6 +55,9 @@ class VerifyResult:
         recheck_pred, recheck_margin, recheck_score: the float32 model's class,
             ``z_y - max_{k != y} z_k`` and detector score at the checked candidate.
         target: the class of the counterexample's program, or None.
+        seconds: wall-clock seconds for the point (what ``time_limit`` bounds);
+            cpu_seconds: this process's CPU seconds for it (the same on an idle
+            machine, smaller on a loaded one).
     """
 
     index: int
@@ -71,6 +74,7 @@ class VerifyResult:
     recheck_score: Optional[float]
     target: Optional[int]
     seconds: float
+    cpu_seconds: float
     solver: Optional[str]
     n_binaries: int
     targets_solved: int
@@ -188,7 +192,8 @@ def verify_points(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     return results
 
 
-def _check_inputs(model, x, y, x_start):
+def _check_inputs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, x_start: Optional[torch.Tensor]):
+    """x, y and x_start checked (one UsageError line each) and moved to CPU float32 / int64."""
     shape = tuple(int(s) for s in model.info.input_shape)
     if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != shape or not x.is_floating_point():
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -212,12 +217,12 @@ class _PointVerifier:
         self.model, self.net, self.cfg = model, net, cfg
 
     def run(self, index: int, x0: torch.Tensor, y: int, x_start: Optional[torch.Tensor]) -> VerifyResult:
-        self.t0, self.y, self.x0 = time.perf_counter(), y, x0
+        self.t0, self.cpu0, self.y, self.x0 = time.perf_counter(), time.process_time(), y, x0
         self.box = input_box(x0, self.cfg.eps)
         lo32, hi32 = (x0 - self.cfg.eps).clamp(min=0.0), (x0 + self.cfg.eps).clamp(max=1.0)
         self.box32 = (lo32, hi32)
         self.out = VerifyResult(index, y, "unknown", self.cfg.method, self.cfg.eps, self.cfg.threshold,
-                                -math.inf, math.inf, None, None, None, None, None, 0.0, None, 0, 0, 0, 0)
+                                -math.inf, math.inf, None, None, None, None, None, 0.0, 0.0, None, 0, 0, 0, 0)
         candidates = [x0] + ([torch.max(torch.min(x_start, hi32), lo32)] if x_start is not None else [])
         for cand in candidates:
             if self._try_candidate(cand, None):
@@ -376,4 +381,5 @@ class _PointVerifier:
         if status == "robust" and not out.margin_lower >= PROOF_MARGIN:
             raise AssertionError("a robust verdict without a positive margin bound")  # a bug, never a user error
         out.seconds = time.perf_counter() - self.t0
+        out.cpu_seconds = time.process_time() - self.cpu0
         return out
