@@ -99,6 +99,7 @@ def _run_grid(cfg: RunConfig, run: RunDir, replacing: bool, quiet: bool) -> RunS
     contexts, tasks, seeds, cached, n_cells = {}, [], {}, 0, 0
     for path in cfg.models:
         ctx = contexts[path] = prepare_model(path, cfg, device)
+        warn_if_weak(ctx.model)
         if surrogate is not None:
             check_surrogate(surrogate, ctx)
         run.write_features(ctx.name, clean_features(ctx, cfg.batch_size), ctx.y, ctx.clean_pred, ctx.index)
@@ -138,6 +139,16 @@ def _finish(cfg: RunConfig, run: RunDir, contexts: Dict[str, Any], started: floa
                         cells={"run": done, "cached": cached},
                         cell_seeds=dict(sorted(seeds.items())))  # what each cell's attack generator was seeded with
     return RunSummary(str(run.path), results, done, cached, time.time() - started, sanity)
+
+
+def warn_if_weak(model: Any) -> None:
+    """One warning line for a model that ended training near chance (its numbers mean nothing)."""
+    from robench.progress import note
+    from robench.training import weak_model_warning
+
+    warning = weak_model_warning(model)
+    if warning:
+        note(f"Warning: {warning}")
 
 
 def save_adv_decision(cfg: RunConfig, contexts: Dict[str, Any], n_cells: int) -> bool:

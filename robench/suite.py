@@ -311,8 +311,12 @@ def ensure_trained(spec: ModelSpec, path: str, suite: Suite, quiet: bool) -> Non
     from robench.checkpoints import save_checkpoint
     from robench.training import train
 
+    from robench.runner import warn_if_weak
+
     cfg = _train_config(spec.train or {}, suite.config.dataset or "mnist5k", suite.config.device)
-    save_checkpoint(train(cfg, quiet=quiet), path)
+    model = train(cfg, quiet=quiet)
+    save_checkpoint(model, path)
+    warn_if_weak(model)  # the attack cells will say so again; the sanity report flags it
 
 
 def attack_config(suite: Suite, out: Path) -> RunConfig:
