@@ -19,7 +19,7 @@ from robench.results import safe_name
 from robench.reports.runs import ReportRun
 from robench.worstcase import WORST_CASE
 
-from robench.reports.tables import attack_label, detector_label, norm_name, threats_in
+from robench.reports.tables import VERIFY, attack_label, attack_rows, detector_label, norm_name, threats_in
 
 MAX_CLEAN_POINTS = 5000
 MAX_ADV_POINTS = 1000
@@ -64,6 +64,7 @@ def roc_plots(run: ReportRun, out: Path, prefix: str = "") -> List[Plot]:
     samples = run.samples
     if samples.empty or "adv_score" not in samples:
         return []
+    samples = samples[samples["attack"] != VERIFY]  # verify cells score no examples
     labels = _cell_labels(run)
     plots = []
     keys = ["model", "threat", "detector"]
@@ -331,9 +332,10 @@ def _class_colors(n: int) -> List[Any]:
 
 def all_plots(runs: Sequence[ReportRun], metrics: pd.DataFrame, out: Path,
               feature_cells: Mapping[str, str]) -> Dict[str, List[Plot]]:
-    """Every plot of the report, grouped under section titles."""
+    """Every plot of the report but the Verification section's, grouped under section titles."""
     groups: Dict[str, List[Plot]] = {"Robustness and detection vs eps": [], "ROC curves": [],
                                      "Feature space": []}
+    metrics = attack_rows(metrics)  # verification's bounds have their own figure
     eps_plots = [versus_eps_plot(metrics, "robust_acc", out, "robust_accuracy_vs_eps.png", "robust accuracy",
                                  False), detection_plot(metrics, out)]
     groups["Robustness and detection vs eps"] += [p for p in eps_plots if p is not None]

@@ -27,6 +27,7 @@ from robench.worstcase import WORST_CASE
 from robench.reports.runs import ReportRun
 
 THREAT_ORDER = ("gray-box", "white-box", "black-box")
+VERIFY = "verify"  # the attack name of ``robench verify`` rows: bounds from verification, not attacks
 DASH = "\u2013"
 NORM_NAMES = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 NORM_ORDER = {"Linf": 0, "L2": 1, "L1": 2}  # the field's headline norm first
@@ -63,6 +64,11 @@ def tidy_metrics(runs: Sequence[ReportRun]) -> pd.DataFrame:
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     df = order_columns(df, ["run", *RESULT_COLUMNS])
     return sort_rows(df, ["run", *ID_COLUMNS])
+
+
+def attack_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows made by attacks (worst cases included), without ``robench verify``'s rows."""
+    return df[df["attack"] != VERIFY] if "attack" in df else df
 
 
 def threats_in(df: pd.DataFrame) -> List[str]:
@@ -231,12 +237,17 @@ def markdown(table: Table) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_tables(df: pd.DataFrame, out: Path) -> Tuple[Optional[Table], List[Table]]:
-    """metrics.csv, headline.csv/.md, then ``table_<threat>.csv``, ``.md`` and ``.tex`` per threat."""
+def write_tables(metrics: pd.DataFrame, out: Path) -> Tuple[Optional[Table], List[Table]]:
+    """metrics.csv, headline.csv/.md, then ``table_<threat>.csv``, ``.md`` and ``.tex`` per threat.
+
+    metrics.csv holds every row; the headline and the threat tables only the attacks'
+    (verify rows have their own section, :mod:`robench.reports.verification`).
+    """
     from robench.reports.latex import cell_latex
 
-    atomic_write_csv(out / "metrics.csv", df)
-    with_run = df["run"].nunique() > 1 if "run" in df and len(df) else False
+    atomic_write_csv(out / "metrics.csv", metrics)
+    with_run = metrics["run"].nunique() > 1 if "run" in metrics and len(metrics) else False
+    df = attack_rows(metrics)
     top = headline(df, with_run)
     if top is not None:
         top.csv_name, top.md_name = "headline.csv", "headline.md"
