@@ -15,6 +15,7 @@ from robench.reports.page import render_index, report_title, run_pages
 from robench.reports.plots import all_plots
 from robench.reports.runs import load_runs
 from robench.reports.tables import tidy_metrics, write_tables
+from robench.reports.verification import write_verification
 
 
 def build_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
@@ -24,7 +25,9 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     Writes ``metrics.csv`` (the results with a ``worst-case`` row per budget, computed
     from the per-sample records when results.csv lacks them), ``headline.csv`` / ``.md``,
     ``table_<threat>.csv`` / ``.md`` / ``.tex``, ``leaderboard.csv`` / ``.html``,
-    ``plots/*.png`` and a self-contained ``index.html`` into ``out_dir``. Everything is
+    ``plots/*.png``, for runs with ``robench verify`` cells ``verification.csv`` / ``.md`` /
+    ``.tex`` and ``plots/verification_vs_eps.png``, and a self-contained ``index.html`` into
+    ``out_dir``. Everything is
     built in a hidden staging folder first, so a failure leaves no half-written report.
 
     Args:
@@ -51,7 +54,8 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         headline, tables = write_tables(metrics, stage)
         write_leaderboard(metrics, run_pages(runs), stage, "leaderboard: " + report_title(runs))
         plots = all_plots(runs, metrics, stage / "plots", feature_cells or {})
-        render_index(runs, headline, tables, plots, stage)
+        verification = write_verification(metrics, stage)
+        render_index(runs, headline, tables, plots, stage, verification)
         _move_into(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

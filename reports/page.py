@@ -57,8 +57,14 @@ def report_title(runs: Sequence[ReportRun]) -> str:
 
 
 def render_index(runs: Sequence[ReportRun], headline: Optional[Table], tables: Sequence[Table],
-                 plots: Mapping[str, List[Plot]], out: Path) -> Path:
-    """Write ``out/index.html`` and return its path."""
+                 plots: Mapping[str, List[Plot]], out: Path,
+                 verification: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write ``out/index.html`` and return its path.
+
+    Args:
+        verification: what :func:`robench.reports.verification.write_verification` returned
+            (its table, alerts and plot), or None for a report without verify rows.
+    """
     from robench import __version__
     from robench.results import atomic_write_text
 
@@ -72,12 +78,25 @@ def render_index(runs: Sequence[ReportRun], headline: Optional[Table], tables: S
                "manifest": json.dumps(r.manifest, indent=2, sort_keys=True)} for r in runs],
         headline=headline,
         tables=tables,
-        plots={title: [{"title": p.title, "caption": p.caption, "file": p.path.name, "wide": p.wide,
-                        "src": data_uri(p.path)} for p in items] for title, items in plots.items()},
+        plots={title: [_plot(p) for p in items] for title, items in plots.items()},
+        verification=_verification(verification),
         sanity=sanity,
         n_flagged=sum(s["n_flagged"] for s in sanity),
     )
     return atomic_write_text(out / "index.html", html)
+
+
+def _plot(plot: Plot) -> Dict[str, Any]:
+    return {"title": plot.title, "caption": plot.caption, "file": plot.path.name, "wide": plot.wide,
+            "src": data_uri(plot.path)}
+
+
+def _verification(section: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    if not section:
+        return None
+    plot = section.get("plot")
+    return {"table": section["table"], "tables": list(section["tables"]), "alerts": list(section["alerts"]),
+            "plot": _plot(plot) if plot else None}
 
 
 def _manifest_summary(manifest: Mapping[str, Any]) -> List[List[str]]:
