@@ -362,3 +362,11 @@ def test_a_real_verify_and_attack_run_reports_its_interval(tmp_path):
     assert not table["attack"].str.contains("verify").any()
     board = pd.read_csv(report / "leaderboard.csv")
     assert len(board) == 1 and board["exact_robust_acc Linf 0.05"].item() == worst["exact_robust_acc"]
+
+
+def test_the_verification_files_are_byte_stable(verified, tmp_path):
+    run, out, _, _ = verified
+    build_report([run], tmp_path / "again")
+    for name in ("verification.csv", "verification.md", "verification.tex", "plots/verification_vs_eps.png",
+                 "leaderboard.csv"):
+        assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
