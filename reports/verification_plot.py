@@ -26,8 +26,9 @@ FLAG_COLOR = "#cf222e"
 CAPTION = ("Triangles down: the worst case over the run's attacks per threat model (the lowest over its "
            "detectors), an upper bound on the true value; triangles up: verification, a lower bound (exact: "
            "proven robust by mixed-integer programming; certified: the best CROWN/IBP bound). The truth lies "
-           "in the shaded band between the tightest of each. Red rings: budgets where verification proved "
-           "points breakable that every attack missed (or an attack broke a point proven robust).")
+           "in the shaded band between the tightest of each. Red rings: the red rows of the table (points proven "
+           "breakable that every attack with the verifier's knowledge missed, or attack successes on points "
+           "proven robust).")
 
 
 def verification_plot(frame: pd.DataFrame, out: Path, name: str = "verification_vs_eps.png") -> Optional[Plot]:

@@ -208,6 +208,12 @@ def test_missed_points_are_the_breakable_ones_no_attack_found(verified):
         assert r["contradicted"] == int(((status == "robust") & won).sum())
         assert r["exact"] <= r["upper_bound"] + 1e-12 or r["contradicted"] > 0
     assert plain["missed"].sum() > 0  # the synthetic attacks are built to miss some
+    assert (plain["flagged"] == ((plain["missed"] > 0) | (plain["contradicted"] > 0))).all()
+    # detection-aware, a gray-box attack ignores the detector: missing what verification breaks is no alarm
+    det = frame[frame["question"] == "det_robust_acc_fpr5"]
+    assert (det["flagged"] == (((det["missed"] > 0) & (det["threat"] == "white-box"))
+                               | (det["contradicted"] > 0))).all()
+    assert ((det["threat"] == "gray-box") & (det["missed"] > 0) & ~det["flagged"]).any()
     bug = plain[(plain["eps"] == 0.1) & (plain["threat"] == "white-box") & (plain["detector"] == "none")]
     assert bug["contradicted"].item() == 1 and bug["flagged"].item()
 
