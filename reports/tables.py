@@ -22,12 +22,13 @@ import pandas as pd
 from robench.results import (
     ID_COLUMNS, RESULT_COLUMNS, atomic_write_csv, atomic_write_text, order_columns, safe_name, sort_rows,
 )
+from robench.schema import VERIFY as VERIFY_ATTACK
 from robench.worstcase import WORST_CASE
 
 from robench.reports.runs import ReportRun
 
 THREAT_ORDER = ("gray-box", "white-box", "black-box")
-VERIFY = "verify"  # the attack name of ``robench verify`` rows: bounds from verification, not attacks
+VERIFY = VERIFY_ATTACK  # the attack name of ``robench verify`` rows: bounds from verification, not attacks
 DASH = "\u2013"
 NORM_NAMES = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 NORM_ORDER = {"Linf": 0, "L2": 1, "L1": 2}  # the field's headline norm first

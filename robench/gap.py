@@ -26,7 +26,7 @@ from typing import Dict, Optional
 import numpy as np
 import pandas as pd
 
-from robench.schema import WORST_CASE
+from robench.schema import VERIFY, WORST_CASE
 
 GAP_COLUMNS = ("exact_robust_acc", "certified_robust_acc", "missed", "contradicted",
                "exact_det_robust_acc_fpr5", "missed_det_fpr5", "contradicted_det_fpr5")
@@ -34,10 +34,10 @@ GAP_COLUMNS = ("exact_robust_acc", "certified_robust_acc", "missed", "contradict
 
 def add_verification_gap(results: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
     """``results`` (with ``cell_id`` on cell rows) with the gap columns filled on worst-case rows."""
-    if results.empty or not (results["attack"] == "verify").any():
+    if results.empty or not (results["attack"] == VERIFY).any():
         return results
     results = results.copy()
-    verify = results[results["attack"] == "verify"]
+    verify = results[results["attack"] == VERIFY]
     by_cell = {c: g.set_index("index") for c, g in samples.groupby("cell_id", sort=False)}
     for i, row in results[results["attack"] == WORST_CASE].iterrows():
         if str(row.get("norm", "")).lower() != "linf":
@@ -53,7 +53,7 @@ def add_verification_gap(results: pd.DataFrame, samples: pd.DataFrame) -> pd.Dat
 
 def _members(results: pd.DataFrame, row: pd.Series) -> pd.DataFrame:
     keys = ("model", "norm", "threat", "detector")
-    mask = ~results["attack"].isin([WORST_CASE, "verify"]) & np.isclose(results["eps"].astype(float), float(row["eps"]))
+    mask = ~results["attack"].isin([WORST_CASE, VERIFY]) & np.isclose(results["eps"].astype(float), float(row["eps"]))
     for key in keys:
         mask &= results[key].astype(str) == str(row[key])
     return results[mask]

@@ -65,7 +65,7 @@ class RunDir(RunFiles):
         Touches nothing, so a suite can call it before training. Returns whether
         ``path`` holds a run of another configuration (allowed only with ``force``).
         ``key``: the manifest entry of the command (``config`` for attack and run,
-        ``verify_config`` for verify: both may write one run directory).
+        ``verify_config_<method>`` for each verify method: all may write one run directory).
         """
         path = Path(path)
         if path.exists() and not path.is_dir():

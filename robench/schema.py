@@ -50,6 +50,7 @@ SAMPLE_COLUMNS: List[str] = [
 TIMING_COLUMNS: List[str] = ["cell_id", *CELL_KEY, "seconds"]
 SANITY_COLUMNS: List[str] = ["model", "check", "flagged", "evidence"]
 WORST_CASE = "worst-case"  # the attack name of the rows over all attacks of a (model, eps, norm, threat, detector)
+VERIFY = "verify"  # the attack name of robench verify's rows (bounds, not attacks)
 
 # Columns read back as text (never as numbers or NaN), whatever their values look like.
 TEXT_COLUMNS = {c for c in ID_COLUMNS if c not in ("eps", "seed")} | {

@@ -24,9 +24,19 @@ import numpy as np
 import torch
 
 from robench.config import VerifyRunConfig
+from robench.schema import VERIFY, WORST_CASE
 
 PREFIX = "verify-"  # verify cells' ids; robench attack leaves them alone when it prunes
 FLAG_FPR = 0.05  # the detection-aware question is asked at the 5%-FPR threshold, as the attacks use
+
+
+def prefix(cfg: VerifyRunConfig) -> str:
+    """The cell ids of one method: exact and crown cells live side by side in one run directory."""
+    return f"{PREFIX}{cfg.method}-"
+
+
+def manifest_key(cfg: VerifyRunConfig) -> str:
+    return f"verify_config_{cfg.method}"
 
 
 def identity(cfg: VerifyRunConfig) -> Dict[str, Any]:
@@ -60,7 +70,7 @@ def plan(cfg: VerifyRunConfig, ctx: Any) -> List[VerifyCell]:
                    "time_limit": cfg.time_limit if cfg.method == "exact" else None, "solver": cfg.solver,
                    "version": __version__}
             digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-            cells.append(VerifyCell(PREFIX + digest, eps, det))
+            cells.append(VerifyCell(prefix(cfg) + digest, eps, det))
     return cells
 
 
@@ -72,9 +82,9 @@ def run_verify(cfg: VerifyRunConfig, out: str, quiet: bool = False, force: bool 
 
     cfg.check()
     started = time.time()
-    replacing = RunDir.check(out, identity(cfg), force, key="verify_config")
+    replacing = RunDir.check(out, identity(cfg), force, key=manifest_key(cfg))
     with RunDir.open(out, command="robench verify") as run:
-        run.start_command("verify_config", identity(cfg), replacing)
+        run.start_command(manifest_key(cfg), identity(cfg), replacing)
         done, cached, planned = 0, 0, set()
         for path in cfg.models:
             ctx = _prepare(path, cfg, resolve_device("cpu"))
@@ -88,10 +98,11 @@ def run_verify(cfg: VerifyRunConfig, out: str, quiet: bool = False, force: bool 
                 row, samples, examples = verify_cell(cell, ctx, cfg, run, quiet)
                 run.write_cell(cell.cell_id, row, samples, None, examples, seconds=time.time() - t0)
                 done += 1
-        run.prune(planned, prefix=PREFIX)
+        run.prune(planned, prefix=prefix(cfg))
         results = run.finalize()
-        run.update_manifest(verify_end_time=_now(), verify_cells={"run": done, "cached": cached})
-    return RunSummary(str(run.path), results[results["attack"] == "verify"], done, cached, time.time() - started)
+        run.update_manifest(**{f"{manifest_key(cfg)}_end": {"time": _now(), "cells_run": done, "cells_cached": cached}})
+    rows = results[(results["attack"] == VERIFY) & (results["objective"] == cfg.method)]
+    return RunSummary(str(run.path), rows, done, cached, time.time() - started)
 
 
 def _prepare(path: str, cfg: VerifyRunConfig, device) -> Any:
@@ -144,7 +155,7 @@ def warm_starts(run: Any, ctx: Any, eps: float) -> Optional[torch.Tensor]:
     if cells.empty:
         return None
     mine = cells[(cells["model"] == ctx.name) & (pd.to_numeric(cells["eps"]) == eps)
-                 & (cells["attack"] != "verify") & (cells["attack"] != "worst-case")]
+                 & ~cells["attack"].isin([VERIFY, WORST_CASE])]
     starts, found = ctx.x.clone(), torch.zeros(len(ctx.y), dtype=torch.bool)
     for cell_id in mine["cell_id"]:
         x_adv = run.x_adv(cell_id)
@@ -153,8 +164,8 @@ def warm_starts(run: Any, ctx: Any, eps: float) -> Optional[torch.Tensor]:
         samples = run.samples(cell_id)
         if not np.array_equal(samples["index"].to_numpy(), ctx.index.numpy()):
             continue
-        wrong = torch.from_numpy((samples["adv_pred"] != samples["label"]).to_numpy()) & ~found
-        starts[wrong] = torch.from_numpy(x_adv)[wrong].to(starts.dtype)
+        wrong = torch.from_numpy((samples["adv_pred"] != samples["label"]).to_numpy().copy()) & ~found
+        starts[wrong] = torch.from_numpy(x_adv.copy())[wrong].to(starts.dtype)
         found |= wrong
     return starts if bool(found.any()) else None
 
@@ -169,11 +180,11 @@ def verify_row(cell: VerifyCell, ctx: Any, cfg: VerifyRunConfig, results: List[A
     column = "robust_acc" if cell.detector == "none" else "det_robust_acc_fpr5"
     row: Dict[str, Any] = {
         "model": info.name, "defense": info.defense, "dataset": ctx.dataset, "arch": info.arch,
-        "attack": "verify", "attack_params": f"method={cfg.method}" + (
+        "attack": VERIFY, "attack_params": f"method={cfg.method}" + (
             f",time_limit={cfg.time_limit:g}" if cfg.method == "exact" else ""),
         "norm": "Linf", "eps": cell.eps, "threat": "white-box", "objective": cfg.method,
         "detector": cell.detector, "seed": cfg.seed, "n": len(results),
-        "clean_acc": float((ctx.clean_pred == ctx.y).float().mean()), column: float(robust.mean()),
+        "clean_acc": float((ctx.clean_pred == ctx.y).double().mean()), column: float(robust.mean()),
         "n_robust": int(robust.sum()), "n_not_robust": int((status == "not-robust").sum()),
         "n_unknown": int((status == "unknown").sum()), "n_rejected": int((status == "counterexample-rejected").sum()),
         "verify_median_seconds": float(np.median(seconds)) if len(seconds) else math.nan,
@@ -204,7 +215,7 @@ def verify_samples(cell: VerifyCell, ctx: Any, results: List[Any], examples: tor
     pred = [r.recheck_pred if r.status == "not-robust" and r.recheck_pred is not None else int(c)
             for r, c in zip(results, ctx.clean_pred)]
     return pd.DataFrame({
-        "model": ctx.name, "attack": "verify", "eps": cell.eps, "threat": "white-box", "detector": cell.detector,
+        "model": ctx.name, "attack": VERIFY, "eps": cell.eps, "threat": "white-box", "detector": cell.detector,
         "index": ctx.index.numpy(), "input_sha1": input_hashes(ctx.x), "label": ctx.y.numpy(),
         "clean_pred": ctx.clean_pred.numpy(), "adv_pred": np.array(pred, dtype=np.int64),
         "clean_score": np.nan, "adv_score": np.nan, "linf": delta.abs().amax(1).numpy(),

@@ -34,7 +34,7 @@ import pandas as pd
 from robench.errors import RobenchError
 from robench.metrics import cell_metrics
 from robench.io import order_columns, sort_rows
-from robench.schema import CELL_KEY, ID_COLUMNS, RESULT_COLUMNS, WORST_CASE
+from robench.schema import CELL_KEY, ID_COLUMNS, RESULT_COLUMNS, VERIFY, WORST_CASE
 
 BOUNDED_NORMS = ("linf", "l2", "l1")
 GROUP_COLUMNS: List[str] = ["model", "defense", "dataset", "arch", "norm", "eps", "threat", "detector", "seed"]
@@ -47,7 +47,7 @@ def bounded(results: pd.DataFrame) -> pd.Series:
     """Which rows are members of a worst case: eps > 0, a bounded norm, not a worst case themselves."""
     eps = pd.to_numeric(results.get("eps"), errors="coerce")
     norm = results.get("norm", pd.Series("", index=results.index)).map(lambda n: str(n).strip().lower())
-    return (eps > 0) & norm.isin(BOUNDED_NORMS) & ~results["attack"].isin([WORST_CASE, "verify"])
+    return (eps > 0) & norm.isin(BOUNDED_NORMS) & ~results["attack"].isin([WORST_CASE, VERIFY])
 
 
 def worst_case_rows(results: pd.DataFrame, samples: pd.DataFrame, seed: Optional[int] = None, *,

@@ -55,6 +55,14 @@ def test_verify_then_attack_in_one_run_gives_the_interval(mlp, tmp_path):
     # A second verify reuses its cells and leaves the attack cells alone.
     again = invoke(*verify)
     assert "0 cells run, 2 cached" in again.output and (RunDir(out).results()["attack"] == "pgd").any()
+    # Another method goes beside exact (no --force): the worst case gets the certified bound too.
+    crown = invoke("verify", "--model", mlp, "--eps", "0.04", "--n", "12", "--method", "crown", "--detector", "none",
+                   "--out", out, "-q")
+    assert crown.exit_code == 0, crown.output
+    rows = RunDir(out).results()
+    assert sorted(rows.loc[rows["attack"] == "verify", "objective"]) == ["crown", "exact", "exact"]
+    worst = rows[rows["attack"] == "worst-case"].iloc[0]
+    assert worst["certified_robust_acc"] <= worst["exact_robust_acc"] + 1e-12  # certified is sound
 
 
 def test_a_not_robust_point_has_a_counterexample_that_fools_the_model(mlp, tmp_path):
