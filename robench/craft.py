@@ -161,13 +161,33 @@ def candidates(cell: Cell, ctx: ModelContext, detector: Any) -> List[Candidate]:
         members = PRESETS[cell.attack].members(cell.kwargs, k)
         if not white:
             return members
-        extra = white_box_candidates(members[0].attack, {"steps": 100}, ctx.model.is_gm, detector is not None, k)
-        return members[:2] + [c for c in extra[1:] if c.label != "margin"] + members[2:]
+        norm = PRESETS[cell.attack].norm(cell.kwargs)
+        extra = white_box_candidates(members[0].attack, {"steps": 100}, ctx.model.is_gm, detector is not None, k,
+                                     norm=norm, steps=100)
+        return members[:2] + [c for c in extra[1:] if c.label not in ("margin", "apgd-dlr")] + members[2:]
     base = Candidate(str(cell.kwargs.get("objective", default_objective(cell.attack))), cell.attack,
                      dict(cell.kwargs))
     if not white or not accepts(cell.attack, "objective"):
         return [base]
-    return white_box_candidates(cell.attack, cell.kwargs, ctx.model.is_gm, detector is not None, k, base.label)
+    return white_box_candidates(cell.attack, cell.kwargs, ctx.model.is_gm, detector is not None, k, base.label,
+                                norm=attack_norm_of(cell.attack), steps=attack_steps(cell.attack, cell.kwargs))
+
+
+def attack_norm_of(attack: str) -> str:
+    from robench.registry import registry
+
+    return str(getattr(registry("attacks").get(attack.partition(":")[0]), "norm", "") or "")
+
+
+def attack_steps(attack: str, kwargs: Dict[str, Any]) -> int:
+    """The cell's step budget (0 for an attack without steps, such as FGSM)."""
+    from robench.registry import registry
+
+    if "steps" in kwargs:
+        return int(kwargs["steps"])
+    if attack.startswith(("ta:", "art:")) or not accepts(attack, "steps"):
+        return 0
+    return int(inspect.signature(registry("attacks").get(attack)).parameters["steps"].default)
 
 
 def default_objective(attack: str) -> str:

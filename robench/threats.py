@@ -52,31 +52,55 @@ class Candidate:
     kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
+APGD = {"Linf": "apgd", "L2": "apgd-l2"}
+CARRIED = ("steps", "restarts", "eot")  # what an APGD candidate takes over from the cell's attack
+
+
 def white_box_candidates(attack: str, kwargs: Dict[str, Any], is_gm: bool, has_detector: bool,
-                         num_classes: int, given_label: str = "given") -> List[Candidate]:
+                         num_classes: int, given_label: str = "given", norm: str = "",
+                         steps: int = 0) -> List[Candidate]:
     """What a white-box cell of a gradient attack runs, in order, each on the points still not won.
 
+    With a detector (won = misclassified AND not flagged):
+
     1. the attack as given (its examples are the gray-box cell's, computed once);
-    2. GM models: the multi-targeted likelihood pull (``objective=lkd, targets=K``): one run per
-       target among the K = classes - 1 highest other classes, pulling the feature to that
-       class's mean, where it is misclassified and of high likelihood;
-    3. with a detector: the joint objective (misclassify, then get under the threshold) and
-       selective PGD (Bryniarski et al., ICLR 2022: classifier steps until misclassified,
-       detector steps after);
-    4. the margin objective (CW loss, not saturated by a confident softmax).
+    2. the detector-aware pull, on APGD with the cell's step budget for an iterative attack
+       (Croce & Hein 2020: its step-size schedule finds what a fixed step misses): on GM models
+       multi-targeted, ``objective=joint, targets=K-1``, one run per other class by clean logit,
+       pulling the feature to that class's mean until it is misclassified and under the threshold
+       (its likelihood is high there); on other models untargeted ``objective=joint``;
+    3. for an iterative attack, selective PGD (Bryniarski et al., ICLR 2022): classifier steps
+       while the point is still correct, detector steps after. (The joint objective on the
+       cell's own attack is not run as well: APGD with the same budget and objective finds
+       at least what it finds, and each candidate costs passes on every point not yet won.)
+
+    Without a detector (won = misclassified): the attack as given, the margin (C&W) objective,
+    APGD-DLR for an iterative attack, and on GM models the multi-targeted likelihood pull
+    ``objective=lkd, targets=K-1``. Later candidates run only where earlier ones failed, so the
+    cost stays bounded (``passes_per_sample`` of the cell says what it was).
     """
     given = Candidate(str(kwargs.get("objective", given_label)), attack, dict(kwargs))
     plain = {k: v for k, v in kwargs.items() if k not in ("objective", "targets", "update")}
-    extra = []
-    if is_gm and num_classes > 2:
-        extra.append(Candidate(f"lkd-t{num_classes - 1}", attack,
-                               {**plain, "objective": "lkd", "targets": num_classes - 1}))
+    apgd = APGD.get(norm) if steps else None
+    on_apgd = (apgd, {**{k: plain[k] for k in CARRIED if k in plain}, "steps": steps}) if apgd else (attack, plain)
+    k = num_classes - 1
     if has_detector:
-        extra.append(Candidate("joint", attack, {**plain, "objective": "joint", "detector": True}))
-        extra.append(Candidate("selective", attack, {**plain, "objective": "joint", "update": "selective",
-                                                     "detector": True}))
-    extra.append(Candidate("margin", attack, {**plain, "objective": "margin"}))
-    return [given] + [c for c in extra if c.kwargs != given.kwargs]
+        pull = {**on_apgd[1], "objective": "joint", "detector": True, **({"targets": k} if is_gm and k > 1 else {})}
+        extra = [Candidate(f"{_short(on_apgd[0])}-joint" + (f"-t{k}" if "targets" in pull else ""), on_apgd[0], pull)]
+        if steps:  # one step would be the classifier step the given attack already took
+            extra.append(Candidate("selective", attack, {**plain, "objective": "joint", "update": "selective",
+                                                         "detector": True}))
+    else:
+        extra = [Candidate("margin", attack, {**plain, "objective": "margin"})]
+        if apgd:
+            extra.append(Candidate(f"{_short(apgd)}-dlr", apgd, {**on_apgd[1], "objective": "dlr"}))
+        if is_gm and k > 1:
+            extra.append(Candidate(f"lkd-t{k}", attack, {**plain, "objective": "lkd", "targets": k}))
+    return [given] + [c for c in extra if (c.attack, c.kwargs) != (given.attack, given.kwargs)]
+
+
+def _short(attack: str) -> str:
+    return "apgd" if attack.startswith("apgd") else attack
 
 
 def defender_outcome(correct: "torch.Tensor", flagged: "torch.Tensor") -> "torch.Tensor":
