@@ -68,11 +68,7 @@ class RunDir(RunFiles):
         ``verify_config_<method>`` for each verify method: all may write one run directory).
         """
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise UsageError(f"--out {path}: exists and is not a folder")
-        if path.is_dir() and any(path.iterdir()) and not RunDir.looks_like_run(path):
-            raise UsageError(f"--out {path}: folder exists, is not empty and is not a robench run directory; "
-                             f"choose another --out")
+        _refuse_foreign(path)
         manifest = path / "manifest.json"
         if not manifest.is_file():
             return False
@@ -89,17 +85,11 @@ class RunDir(RunFiles):
                              f"that still match are kept), or choose another --out")
         return True
 
-
-
     @classmethod
     def create(cls, path: str | os.PathLike) -> "RunDir":
         """Make ``path`` a run directory (an existing run is reopened), without locking it."""
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise RobenchError(f"--out {path}: exists and is not a folder")
-        if path.is_dir() and any(path.iterdir()) and not cls.looks_like_run(path):
-            raise RobenchError(f"--out {path}: folder exists, is not empty and is not a robench run "
-                               f"directory; choose another --out")
+        _refuse_foreign(path)
         (path / "cells").mkdir(parents=True, exist_ok=True)
         return cls(path)
 
@@ -382,6 +372,15 @@ def read_run(path: str | os.PathLike) -> RunDir:
             hint = "; it has a manifest but was never finished"
         raise RobenchError(f"{path} is not a robench run directory (no manifest.json / results.csv){hint}")
     return RunDir(path)
+
+
+def _refuse_foreign(path: Path) -> None:
+    """A file, or a non-empty folder that is not a run, is never written into."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path}: exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not RunFiles.looks_like_run(path):
+        raise UsageError(f"--out {path}: folder exists, is not empty and is not a robench run directory; "
+                         f"choose another --out")
 
 
 def _cell_samples(cell_id: str, row: Mapping[str, Any], samples: pd.DataFrame) -> pd.DataFrame:
