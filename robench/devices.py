@@ -56,3 +56,31 @@ def torch_threads(n: Optional[int]) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def deterministic(device: torch.device) -> Iterator[None]:
+    """On CUDA, deterministic kernels for the block (restored after), so a rerun gives the same bytes.
+
+    cuDNN picks deterministic convolution algorithms (``cudnn.deterministic``, no
+    autotuning); cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` set before its first call, so
+    it is set here when the caller has not; ``torch.use_deterministic_algorithms`` runs
+    in ``warn_only`` mode, so an operation without a deterministic kernel warns instead
+    of failing the run. Costs little for attacks (a few percent on convolutions); on
+    the CPU nothing changes (its kernels are deterministic at a fixed thread count).
+    """
+    import os
+
+    if device.type != "cuda":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+              torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[0], before[1]
+        torch.use_deterministic_algorithms(before[2], warn_only=before[3])

@@ -64,12 +64,12 @@ def run_attack(cfg: RunConfig, out: Union[str, RunDir], quiet: bool = False, for
     Finished cells are reused, never recomputed; cells of an earlier configuration
     that this one does not plan are removed.
     """
-    from robench.devices import torch_threads
+    from robench.devices import deterministic, resolve_device, torch_threads
 
     cfg.check()
     cfg = cfg.replace(threads=cfg.threads or torch.get_num_threads())
     replacing = RunDir.check(out.path if isinstance(out, RunDir) else out, run_identity(cfg), force)
-    with torch_threads(cfg.threads), _opened(out) as run:
+    with torch_threads(cfg.threads), deterministic(resolve_device(cfg.device)), _opened(out) as run:
         return _run_grid(cfg, run, replacing, quiet)
 
 
