@@ -108,3 +108,19 @@ def test_a_missing_solver_says_how_to_install_it(mlp, tmp_path, monkeypatch):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code != 0 and len(lines) == 1 and "pip install" in lines[0] and "[verify]" in lines[0], lines
     assert not Path(tmp_path / "run" / "results.csv").exists()
+
+
+def test_json_output_is_parseable_even_with_the_solvers_banner(mlp, tmp_path):
+    """HiGHS prints a banner on the process's stdout (file descriptor 1) at its first use."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "robench.cli", "verify", "--model", mlp, "--eps", "0.05", "--n", "3",
+           "--detector", "none", "--time-limit", "10", "--out", str(tmp_path / "run"), "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["cells_run"] == 1 and summary["results"][0]["attack"] == "verify"

@@ -78,10 +78,27 @@ def solve(prog: Program, cost: np.ndarray, const: float, solver: str, time_limit
     return _solve_scip(prog, cost, const, time_limit, start, stop_at_sign, quadratic)
 
 
+def quiet_highs(highspy: Any) -> Any:
+    """``highspy.Highs()`` without the banner HiGHS prints on the process's stdout at its first
+    construction (before any option can silence it): ``--json`` output must stay parseable."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        return highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
 def highs_model(prog: Program, cost: np.ndarray, relax: bool = False):
     """A ``highspy.Highs`` holding ``prog`` with objective ``cost`` (quiet, one thread)."""
     highspy = import_solver("highs")
-    h = highspy.Highs()
+    h = quiet_highs(highspy)
     h.setOptionValue("output_flag", False)
     h.setOptionValue("threads", 1)
     lp = highspy.HighsLp()
