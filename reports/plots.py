@@ -35,13 +35,13 @@ class Plot:
     wide: bool = False  # spans the whole page width (multi-facet figures)
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", facecolor="white")
     return path
@@ -71,7 +71,7 @@ def roc_plots(run: ReportRun, out: Path, prefix: str = "") -> List[Plot]:
     for (model, threat, det), group in samples.groupby(keys, sort=True):
         if not _has_detector(det):
             continue
-        fig = _figure(6.0, 5.0)
+        fig = new_figure(6.0, 5.0)
         ax = fig.add_subplot()
         drawn = 0
         for cell_id, cell in _by_attack_eps(group, labels):
@@ -96,7 +96,7 @@ def roc_plots(run: ReportRun, out: Path, prefix: str = "") -> List[Plot]:
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
         name = f"roc_{safe_name(prefix + model)}_{safe_name(threat)}_{safe_name(det)}.png"
-        plots.append(Plot(f"ROC {model} / {threat} / {det}{_suffix(prefix)}", _save(fig, out / name),
+        plots.append(Plot(f"ROC {model} / {threat} / {det}{_suffix(prefix)}", save_figure(fig, out / name),
                           "Clean scores of correctly classified test points against the scores of "
                           "adversarial examples made from them."))
     return plots
@@ -150,7 +150,7 @@ def versus_eps_plot(df: pd.DataFrame, metric: str, out: Path, name: str, ylabel:
     threats = threats_in(df)
     n_lines = df.groupby(["threat", "model", "attack", "detector"]).ngroups // len(threats)
     # One legend entry per line below each facet, one column: long attack labels never squeeze the axes.
-    fig = _figure(4.8 * len(threats) + 0.6, 4.4 + 0.24 * n_lines)
+    fig = new_figure(4.8 * len(threats) + 0.6, 4.4 + 0.24 * n_lines)
     axes = fig.subplots(1, len(threats), squeeze=False, sharey=True)[0]
     for ax, threat in zip(axes, threats):
         # gray- and black-box adversarials do not depend on the detector: one line serves all
@@ -164,7 +164,7 @@ def versus_eps_plot(df: pd.DataFrame, metric: str, out: Path, name: str, ylabel:
                "in the tables only.")
     if not with_detector:
         caption += " Gray- and black-box adversarial examples do not depend on the detector: one line each."
-    return Plot(f"{ylabel} vs eps", _save(fig, out / name), caption, wide=len(threats) > 1)
+    return Plot(f"{ylabel} vs eps", save_figure(fig, out / name), caption, wide=len(threats) > 1)
 
 
 def detection_plot(df: pd.DataFrame, out: Path, name: str = "detection_vs_eps.png") -> Optional[Plot]:
@@ -175,7 +175,7 @@ def detection_plot(df: pd.DataFrame, out: Path, name: str = "detection_vs_eps.pn
         return None
     threats = threats_in(pd.concat(frames))
     n_lines = max(f.groupby(["threat", "model", "attack", "detector"]).ngroups for f in frames if len(f))
-    fig = _figure(11.0, len(threats) * max(3.6, 0.9 + 0.2 * n_lines / len(threats)))
+    fig = new_figure(11.0, len(threats) * max(3.6, 0.9 + 0.2 * n_lines / len(threats)))
     axes = fig.subplots(len(threats), 2, squeeze=False, sharex=True)
     for row, threat in zip(axes, threats):
         for ax, frame, (metric, label) in zip(row, frames, metrics):
@@ -188,7 +188,7 @@ def detection_plot(df: pd.DataFrame, out: Path, name: str = "detection_vs_eps.pn
         row[1].legend(handles, labels, fontsize=LEGEND_SIZE, loc="center left", bbox_to_anchor=(1.02, 0.5),
                       frameon=False)
     fig.suptitle("Detection-aware robust accuracy and AUC vs eps")
-    return Plot("Detection-aware robust accuracy and detection AUC vs eps", _save(fig, out / name),
+    return Plot("Detection-aware robust accuracy and detection AUC vs eps", save_figure(fig, out / name),
                 "Left: fraction of test points classified correctly OR flagged at the detector's 5%-FPR "
                 "threshold; right: ROC AUC of clean against adversarial scores. Bold: the worst case over the "
                 "run's attacks. Error bars: 95% bootstrap interval where metrics.csv has one.", wide=True)
@@ -241,13 +241,13 @@ def feature_plots(run: ReportRun, out: Path, chosen: Mapping[str, str], prefix: 
             continue
         cell_id = chosen.get(model) or default_cell(run, model)
         adv, adv_pred, caption = _adversarial(run, cell_id)
-        fig = _figure(6.4, 5.6)
+        fig = new_figure(6.4, 5.6)
         ax = fig.add_subplot()
         method = _draw_features(ax, feats.f, feats.y, adv, adv_pred)
         ax.set_title(f"Feature space: {model}{_suffix(prefix)}" + (f"\n{caption}" if caption else ""),
                      fontsize=10)
         name = f"features_{safe_name(prefix + model)}.png"
-        plots.append(Plot(f"Feature space {model}{_suffix(prefix)}", _save(fig, out / name),
+        plots.append(Plot(f"Feature space {model}{_suffix(prefix)}", save_figure(fig, out / name),
                           f"{method}; dots: clean test points coloured by true class; "
                           f"x: adversarial examples coloured by their predicted class. {caption}"))
     return plots

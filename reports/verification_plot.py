@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import pandas as pd
 
-from robench.reports.plots import Plot, _figure, _save
+from robench.reports.plots import Plot, new_figure, save_figure
 from robench.reports.tables import THREAT_ORDER
 from robench.reports.verification import QUESTIONS
 
@@ -38,7 +38,7 @@ def verification_plot(frame: pd.DataFrame, out: Path, name: str = "verification_
     facets: List[Tuple[str, str]] = list(dict.fromkeys(zip(frame["run"], frame["model"])))
     questions = [q for q in QUESTIONS if (frame["question"] == q.metric).any()]
     with_run = frame["run"].nunique() > 1
-    fig = _figure(5.6 * len(questions) + 0.6, 4.9 * len(facets) + 0.4)
+    fig = new_figure(5.6 * len(questions) + 0.6, 4.9 * len(facets) + 0.4)
     axes = fig.subplots(len(facets), len(questions), squeeze=False, sharey=True)
     for row_axes, (run, model) in zip(axes, facets):
         mine = frame[(frame["run"] == run) & (frame["model"] == model)]
@@ -47,7 +47,7 @@ def verification_plot(frame: pd.DataFrame, out: Path, name: str = "verification_
             ax.set_title(f"{model}{f' [{run}]' if with_run else ''}: {q.label}", fontsize=10)
         row_axes[0].set_ylabel("fraction of test points")
     fig.suptitle("Robust accuracy vs eps: attacks (upper bound) and verification (lower bound)")
-    return Plot("Verified bounds vs eps", _save(fig, out / name), CAPTION, wide=len(questions) > 1)
+    return Plot("Verified bounds vs eps", save_figure(fig, out / name), CAPTION, wide=len(questions) > 1)
 
 
 def _draw(ax, rows: pd.DataFrame) -> None:

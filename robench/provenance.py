@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Dict
@@ -46,3 +47,8 @@ def git_hash() -> str:
     except Exception:
         return "unknown"
     return f"{commit}-dirty" if dirty else commit or "unknown"
+
+
+def now() -> str:
+    """The local time as the manifests write it (ISO 8601 with the UTC offset)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

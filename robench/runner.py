@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterator, Union
 import torch
 
 from robench.config import RunConfig, run_identity
+from robench.provenance import now
 from robench.errors import UsageError
 from robench.rundir import RunDir
 
@@ -135,7 +136,7 @@ def _finish(cfg: RunConfig, run: RunDir, contexts: Dict[str, Any], started: floa
 
     results = run.finalize()
     sanity = run_sanity(run, cfg, contexts) if cfg.sanity else None
-    run.update_manifest(end_time=_now(), wall_seconds=round(time.time() - started, 1),
+    run.update_manifest(end_time=now(), wall_seconds=round(time.time() - started, 1),
                         cells={"run": done, "cached": cached},
                         cell_seeds=dict(sorted(seeds.items())))  # what each cell's attack generator was seeded with
     return RunSummary(str(run.path), results, done, cached, time.time() - started, sanity)
@@ -177,7 +178,7 @@ def start_manifest(cfg: RunConfig, device) -> Dict[str, Any]:
         "device": str(device or cfg.device), "executor": cfg.executor, "seeds": {"seed": cfg.seed},
         "cascade": cfg.cascade,
         "gpu_path": {"amp": cfg.amp, "compile": cfg.compile, "pinned_memory": cuda, "channels_last": cuda},
-        "determinism": determinism_settings(), "start_time": _now(), "end_time": None,
+        "determinism": determinism_settings(), "start_time": now(), "end_time": None,
     }
 
 
@@ -193,10 +194,6 @@ def determinism_settings() -> Dict[str, Any]:
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
     }
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def check_out(out: str, cfg: RunConfig, force: bool) -> None:

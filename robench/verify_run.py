@@ -78,7 +78,8 @@ def run_verify(cfg: VerifyRunConfig, out: str, quiet: bool = False, force: bool 
     """Verify every (model, eps, question) of ``cfg`` into the run directory ``out``; returns a summary."""
     from robench.devices import resolve_device
     from robench.rundir import RunDir
-    from robench.runner import RunSummary, _now
+    from robench.provenance import now
+    from robench.runner import RunSummary
 
     cfg.check()
     started = time.time()
@@ -100,7 +101,7 @@ def run_verify(cfg: VerifyRunConfig, out: str, quiet: bool = False, force: bool 
                 done += 1
         run.prune(planned, prefix=prefix(cfg))
         results = run.finalize()
-        run.update_manifest(**{f"{manifest_key(cfg)}_end": {"time": _now(), "cells_run": done, "cells_cached": cached}})
+        run.update_manifest(**{f"{manifest_key(cfg)}_end": {"time": now(), "cells_run": done, "cells_cached": cached}})
     rows = results[(results["attack"] == VERIFY) & (results["objective"] == cfg.method)]
     return RunSummary(str(run.path), rows, done, cached, time.time() - started)
 

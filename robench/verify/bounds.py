@@ -70,7 +70,7 @@ def compute_bounds(net: Network, box: Box, y: int, method: str = "crown",
             lo, hi = box[0].to(DTYPE), box[1].to(DTYPE)
         else:
             lo, hi = _interval(node, [(lower[j], upper[j]) for j in node.inputs])
-        if method == "crown" and i in pre_relu and not _interval_is_exact(net, i):
+        if method == "crown" and i in pre_relu and not interval_is_exact(net, i):
             lo, hi = _crown_tighten(net, i, lo, hi, lower, upper)
         if given and i in given:
             lo, hi = torch.maximum(lo, given[i][0]), torch.minimum(hi, given[i][1])
@@ -104,7 +104,7 @@ def _interval(node, args) -> Box:
     return lo, hi
 
 
-def _interval_is_exact(net: Network, i: int) -> bool:
+def interval_is_exact(net: Network, i: int) -> bool:
     """An affine map of the input box (through per-channel maps only): IBP is already exact."""
     node = net.nodes[i]
     while node.kind == "linear":

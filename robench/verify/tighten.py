@@ -16,7 +16,7 @@ from typing import Dict
 import numpy as np
 import torch
 
-from robench.verify.bounds import Bounds, Box, _interval_is_exact, compute_bounds
+from robench.verify.bounds import Bounds, Box, interval_is_exact, compute_bounds
 from robench.verify.milp import build_program
 from robench.verify.network import DTYPE, Network
 from robench.verify.solvers import highs_model
@@ -29,7 +29,7 @@ def tighten_bounds(net: Network, bounds: Bounds, box: Box, y: int) -> Bounds:
     given: Dict[int, Box] = {}
     for r in net.relu_nodes():
         pre = net.nodes[r].inputs[0]
-        if _interval_is_exact(net, pre):
+        if interval_is_exact(net, pre):
             continue
         lo, hi = bounds.lower[pre].reshape(-1).clone(), bounds.upper[pre].reshape(-1).clone()
         unstable = np.flatnonzero(((lo < 0) & (hi > 0)).numpy())
