@@ -162,9 +162,13 @@ def listing(kind: str, pattern: Optional[str]) -> List[Dict[str, str]]:
     if kind == "attacks":
         from robench.attacks import expand_families
 
+        from robench.presets import PRESETS
+
         by_name = {e["name"]: e for e in entries}
         entries = [{**by_name[name.partition(":")[0] if ":" in name else name], "name": name}
                    for name in expand_families(list(by_name))]
+        entries += [{"name": p.name, "target": "robench.presets", "provider": "robench (preset)"}
+                    for p in PRESETS.values()]
     return [e for e in entries if not pattern or fnmatch.fnmatch(e["name"], pattern)]
 
 
