@@ -2,9 +2,9 @@
 
 Before this round every cell folder held its own ``x_adv.npy`` and ``adv_features.npy`` (identical
 arrays once per detector cell of a gray-box attack) and ``samples.csv`` as text, and the run a
-merged ``samples.csv``. Now arrays are stored once by content under ``arrays/`` and per-sample
-records are Parquet. The "before" column is measured by writing the old files of the same run
-(the same arrays and records, with the old writers' formats) into a scratch folder.
+merged ``samples.csv``. Now arrays are stored once by content under ``arrays/``, gzip-compressed
+(level 1), and per-sample records are Parquet. The "before" column is measured by writing the old
+files of the same run (the same arrays and records, with the old writers' formats) into a scratch folder.
 
     python benchmarks/bench_storage.py RUN_DIR [RUN_DIR ...]
     python benchmarks/bench_storage.py --cifar-grid /tmp/storage   # builds a CIFAR-shaped 10,000-point grid
@@ -45,7 +45,7 @@ def old_layout_bytes(run_dir: Path) -> Dict[str, float]:
 
 def new_layout_bytes(run_dir: Path) -> Dict[str, float]:
     files = [p for p in (run_dir / "cells").rglob("*") if p.is_file()]
-    files += [p for p in (run_dir / "arrays").glob("*.npy")] if (run_dir / "arrays").is_dir() else []
+    files += [p for p in (run_dir / "arrays").glob("*.npy*")] if (run_dir / "arrays").is_dir() else []
     files += [p for p in run_dir.glob("samples.*") if p.is_file()]
     n = sum(1 for p in (run_dir / "cells").iterdir() if (p / "row.json").is_file())
     total = sum(p.stat().st_size for p in files)
@@ -53,13 +53,14 @@ def new_layout_bytes(run_dir: Path) -> Dict[str, float]:
 
 
 def cifar_grid(folder: Path) -> Path:
-    """A CIFAR-shaped grid: 50,000 random 3x32x32 images (10,000 test points), a small-cnn trained one
+    """A CIFAR-shaped grid: 50,000 random 8-bit 3x32x32 images (10,000 test points), a small-cnn trained one
     epoch (--allow-weak: random labels), FGSM at 2/255 and 8/255, gray- and white-box, three detectors."""
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "cifar_shaped.npz"
     if not data.is_file():
         rng = np.random.default_rng(0)
-        np.savez(data, x=rng.random((50_000, 3, 32, 32), dtype=np.float32), y=rng.integers(0, 10, 50_000))
+        pixels = rng.integers(0, 256, (50_000, 3, 32, 32), dtype=np.uint8)  # 8-bit, as CIFAR-10's are
+        np.savez(data, x=pixels.astype(np.float32) / 255, y=rng.integers(0, 10, 50_000))
     bin_dir = Path(sys.executable).parent
     ckpt = folder / "cnn.pt"
     if not ckpt.is_file():

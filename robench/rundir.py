@@ -26,12 +26,12 @@ import pandas as pd
 
 from robench.errors import RobenchError, UsageError
 from robench.io import (
-    atomic_write_bytes, atomic_write_csv, atomic_write_json, current_umask, fsync_dir, npy_bytes, order_columns,
-    sort_rows, to_jsonable, to_numpy,
+    atomic_write_bytes, atomic_write_csv, atomic_write_json, current_umask, fsync_dir, gzip_bytes, npy_bytes,
+    order_columns, sort_rows, to_jsonable, to_numpy,
 )
 from robench.runfiles import RunFiles
 from robench.schema import (
-    CELL_KEY, EXACT_FLOAT_COLUMNS, ID_COLUMNS, RESULT_COLUMNS, SAMPLE_COLUMNS, TIMING_COLUMNS, parquet_available,
+    ARRAY_SUFFIX, CELL_KEY, EXACT_FLOAT_COLUMNS, ID_COLUMNS, RESULT_COLUMNS, SAMPLE_COLUMNS, TIMING_COLUMNS, parquet_available,
     safe_name,
 )
 
@@ -241,9 +241,9 @@ class RunDir(RunFiles):
         """Store ``array`` once under arrays/ by its content; returns its digest."""
         data = npy_bytes(to_numpy(array, np.float32))
         digest = hashlib.sha256(data).hexdigest()[:32]
-        path = self.path / "arrays" / f"{digest}.npy"
+        path = self.path / "arrays" / f"{digest}{ARRAY_SUFFIX}"
         if not path.is_file():
-            atomic_write_bytes(path, data)
+            atomic_write_bytes(path, gzip_bytes(data))
         return digest
 
     def write_cell(self, cell_id: str, row: Mapping[str, Any], samples: pd.DataFrame,
@@ -329,8 +329,8 @@ class RunDir(RunFiles):
             refs = self.cell_dir(cell_id) / "arrays.json"
             if refs.is_file():
                 used |= {v for v in json.loads(refs.read_text(encoding="utf-8")).values() if v}
-        for path in folder.glob("*.npy"):
-            if path.stem not in used:
+        for path in folder.iterdir():
+            if path.name.split(".")[0] not in used and path.name.endswith((".npy", ".npy.gz")):
                 path.unlink(missing_ok=True)
 
     def _timings(self, rows: List[Dict[str, Any]]) -> pd.DataFrame:

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from robench.errors import RobenchError
-from robench.schema import ID_COLUMNS, check_cell_id, read_csv, read_table, safe_name
+from robench.io import load_npy
+from robench.schema import ARRAY_SUFFIX, ID_COLUMNS, check_cell_id, read_csv, read_table, safe_name
 
 
 @dataclass(frozen=True)
@@ -121,26 +122,29 @@ class RunFiles:
         path = self._array_path(cell_id, "adv_features")
         if path is None:
             raise RobenchError(f"cell {cell_id}: no adversarial features stored")
-        return np.load(path, allow_pickle=False)
+        return load_npy(path)
 
     def x_adv(self, cell_id: str) -> Optional[np.ndarray]:
         """The cell's adversarial examples, or None when the run did not store them (--no-save-adv)."""
         path = self._array_path(cell_id, "x_adv")
-        return None if path is None else np.load(path, allow_pickle=False)
+        return None if path is None else load_npy(path)
 
     def _array_path(self, cell_id: str, name: str) -> Optional[Path]:
         folder = self.cell_dir(cell_id)
         refs = folder / "arrays.json"
         if refs.is_file():
             digest = json.loads(refs.read_text(encoding="utf-8")).get(name)
-            return self.path / "arrays" / f"{digest}.npy" if digest else None
+            if not digest:
+                return None
+            path = self.path / "arrays" / f"{digest}{ARRAY_SUFFIX}"
+            return path if path.is_file() else self.path / "arrays" / f"{digest}.npy"
         old = folder / f"{name}.npy"  # runs written before arrays/ existed
         return old if old.is_file() else None
 
     def bytes_per_cell(self) -> Dict[str, float]:
         """Disk use of the finished cells and their arrays (the storage figures of a run)."""
         cells = [p for p in (self.path / "cells").rglob("*") if p.is_file()]
-        arrays = list((self.path / "arrays").glob("*.npy")) if (self.path / "arrays").is_dir() else []
+        arrays = list((self.path / "arrays").glob("*.npy*")) if (self.path / "arrays").is_dir() else []
         total = sum(p.stat().st_size for p in cells + arrays)
         n = max(len(self.cell_ids()), 1)
         return {"cells": len(self.cell_ids()), "bytes": total, "bytes_per_cell": total / n}

@@ -10,13 +10,14 @@
     RUN_DIR/timings.csv            wall-clock seconds per cell (kept out of results.csv)
     RUN_DIR/sanity.csv             optional: model, check, flagged, evidence
     RUN_DIR/features/<model>.npz   clean test features: f (N, D) float32, y, pred, index (N,)
-    RUN_DIR/arrays/<sha>.npy       adversarial examples and their features, stored once per content
+    RUN_DIR/arrays/<sha>.npy.gz    adversarial examples and their features, stored once per content
+                                   (sha of the .npy bytes; gzip level 1, no timestamp)
     RUN_DIR/cells/<cell_id>/       row.json, samples.parquet|csv, arrays.json (which arrays are the
                                    cell's x_adv and adv_features), timing.json
     RUN_DIR/.lock                  held by the process writing the run (an OS lock; see RunDir.open)
 
-Runs written before arrays/ existed keep x_adv.npy and adv_features.npy in the cell folder; they
-are read the same way.
+Runs written before arrays/ existed keep x_adv.npy and adv_features.npy in the cell folder, and
+those written before compression keep arrays/<sha>.npy; both are read the same way.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ SAMPLE_COLUMNS: List[str] = [
 ]
 TIMING_COLUMNS: List[str] = ["cell_id", *CELL_KEY, "seconds"]
 SANITY_COLUMNS: List[str] = ["model", "check", "flagged", "evidence"]
+ARRAY_SUFFIX = ".npy.gz"  # arrays/<sha><suffix>
 WORST_CASE = "worst-case"  # the attack name of the rows over all attacks of a (model, eps, norm, threat, detector)
 VERIFY = "verify"  # the attack name of robench verify's rows (bounds, not attacks)
 

@@ -103,7 +103,7 @@ def check_cells(run: Path) -> List[str]:
         files = {p.name for p in (cells / cell).iterdir()}
         assert {"row.json", "arrays.json"} <= files and files & {"samples.parquet", "samples.csv"}, (cell, files)
         refs = json.loads((cells / cell / "arrays.json").read_text())
-        assert (run / "arrays" / f"{refs['adv_features']}.npy").is_file(), (cell, refs)
+        assert (run / "arrays" / f"{refs['adv_features']}.npy.gz").is_file(), (cell, refs)
     return ids
 
 

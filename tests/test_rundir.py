@@ -73,7 +73,7 @@ def test_cells_sharing_a_crafted_set_store_it_once(ckpt, tmp_path):
     assert len(ids) == 4  # (fgsm, pgd) x two detectors, gray-box: each attack crafted once
     refs = [json.loads((run.cell_dir(c) / "arrays.json").read_text()) for c in ids]
     assert len({r["x_adv"] for r in refs}) == 2 and len({r["adv_features"] for r in refs}) == 2
-    assert len(list((out / "arrays").glob("*.npy"))) == 4
+    assert len(list((out / "arrays").glob("*.npy.gz"))) == 4
     by_attack = {}
     for c in ids:
         by_attack.setdefault(run.cell_row(c)["attack"], []).append(run.x_adv(c))
@@ -84,6 +84,24 @@ def test_cells_sharing_a_crafted_set_store_it_once(ckpt, tmp_path):
     result = CliRunner().invoke(cli, attack_args(ckpt, other, "--no-save-adv"), catch_exceptions=False)
     assert result.exit_code == 0 and all(RunDir(other).x_adv(c) is None for c in RunDir(other).cell_ids())
     assert (other / "results.csv").read_bytes() == (out / "results.csv").read_bytes()
+
+
+def test_arrays_are_stored_compressed_exactly_and_uncompressed_runs_still_read(ckpt, tmp_path):
+    import gzip
+
+    out = tmp_path / "run"
+    assert CliRunner().invoke(cli, attack_args(ckpt, out), catch_exceptions=False).exit_code == 0
+    run = RunDir(out)
+    cell = run.cell_ids()[0]
+    refs = json.loads((run.cell_dir(cell) / "arrays.json").read_text())
+    stored = out / "arrays" / f"{refs['x_adv']}.npy.gz"
+    x_adv = run.x_adv(cell)
+    raw = gzip.decompress(stored.read_bytes())
+    assert len(stored.read_bytes()) < len(raw)  # digits' examples compress
+    # A run written before compression: the same array as a plain .npy under the same digest.
+    stored.unlink()
+    np.save(out / "arrays" / f"{refs['x_adv']}.npy", x_adv)
+    assert np.array_equal(RunDir(out).x_adv(cell), x_adv) and x_adv.dtype == np.float32
 
 
 def test_outputs_are_readable_by_the_group_as_the_umask_says(ckpt, tmp_path):
