@@ -22,6 +22,7 @@ and passes per point, side by side.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -133,17 +134,26 @@ def selective(model, detector, x, y, eps):
     return torch.where(done.view(-1, 1, 1, 1), best, x_adv)
 
 
-def old_white_box(model, detector, x, y, eps, seed):
-    """The per-point worst case over robench's previous white-box objectives, each a full PGD-100."""
+def old_white_box(model, detector, x, y, eps, seed, shared=None):
+    """The per-point worst case over robench's previous white-box objectives, each a full PGD-100.
+
+    ``shared`` caches the examples of the objectives that do not involve the detector (ce, margin,
+    lkd) per eps, so each detector of a model pays only for its own ``joint`` run.
+    """
     from robench.attacks import create_attack
     from robench.craft import FLAG_FPR
     from robench.threats import defender_outcome
 
+    shared = {} if shared is None else shared
     objectives = ["ce", "margin"] + (["joint"] if detector is not None else []) + (["lkd"] if model.is_gm else [])
     best, rank, score = x.clone(), torch.full((len(y),), -1), torch.full((len(y),), float("inf"))
     for obj in objectives:
         extra = {"detector": detector, "fpr": FLAG_FPR} if obj == "joint" else {}
-        xa = create_attack("pgd", model, eps=eps, steps=STEPS, objective=obj, seed=seed, **extra)(x, y)
+        if obj == "joint" or (eps, obj) not in shared:
+            xa = create_attack("pgd", model, eps=eps, steps=STEPS, objective=obj, seed=seed, **extra)(x, y)
+            if obj != "joint":
+                shared[(eps, obj)] = xa
+        xa = xa if obj == "joint" else shared[(eps, obj)]
         with torch.no_grad():
             pred = model(xa).argmax(1)
             s = detector.score(xa) if detector is not None else torch.zeros(len(y))
@@ -164,7 +174,9 @@ def metrics_of(model, detector, x, y, x_adv, seed) -> Dict[str, float]:
     return {k: out[k] for k in ("robust_acc", "det_robust_acc_fpr1", "det_robust_acc_fpr5", "auc")}
 
 
-def references(kind: str, ckpt: str, detectors: List[str], n: int, seed: int = 0) -> pd.DataFrame:
+def references(kind: str, ckpt: str, detectors: List[str], n: int, out: Path, seed: int = 0) -> pd.DataFrame:
+    """The reference rows; each is appended to ``out/<kind>-refs.jsonl`` as it finishes, and a rerun
+    skips the rows already there (these runs take most of the script's time)."""
     from robench.config import RunConfig
     from robench.prepare import prepare_model
 
@@ -172,19 +184,26 @@ def references(kind: str, ckpt: str, detectors: List[str], n: int, seed: int = 0
     cfg = RunConfig(models=[ckpt], attacks=["pgd"], eps=[0.1], detectors=detectors, n=n, batch_size=n,
                     device="cpu")
     ctx = prepare_model(ckpt, cfg, torch.device("cpu"))
-    model, rows = ctx.model, []
+    model, shared = ctx.model, {}
+    log = out / f"{kind}-refs.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    done = {(r["detector"], r["eps"], r["setting"]) for r in rows}
     for det_name, detector in ctx.detectors.items():
         for eps in EPS:
-            runs = {"old white-box": lambda: old_white_box(model, detector, ctx.x, ctx.y, eps, seed)}
+            runs = {"old white-box": lambda: old_white_box(model, detector, ctx.x, ctx.y, eps, seed, shared)}
             if (kind, det_name) in REFERENCES:
                 runs["multi-targeted (ref)"] = lambda: multi_targeted(model, detector, ctx.x, ctx.y, eps)
                 runs["selective (ref)"] = lambda: selective(model, detector, ctx.x, ctx.y, eps)
             for label, fn in runs.items():
+                if (det_name, eps, label) in done:
+                    continue
                 t0 = time.time()
                 x_adv = fn()
                 rows.append({"model": ctx.name, "detector": det_name, "eps": eps, "setting": label,
                              **metrics_of(model, detector, ctx.x, ctx.y, x_adv, seed),
                              "seconds": round(time.time() - t0, 1)})
+                with log.open("a") as fh:
+                    fh.write(json.dumps(rows[-1]) + "\n")
                 print(rows[-1], flush=True)
     return pd.DataFrame(rows)
 
@@ -220,7 +239,7 @@ def main(argv=None) -> int:
         cells = robench_cells(ckpt, DETECTORS[kind], args.n, Path(args.out) / kind)
         cells = cells[cells["attack"] == "pgd"].assign(setting=cells["threat"],
                                                        **{"passes/point": cells["passes_per_sample"]})
-        refs = references(kind, ckpt, DETECTORS[kind], args.n).assign(**{"passes/point": np.nan})
+        refs = references(kind, ckpt, DETECTORS[kind], args.n, Path(args.out)).assign(**{"passes/point": np.nan})
         pd.concat([cells, refs], ignore_index=True).to_csv(Path(args.out) / f"{kind}.csv", index=False)
     parts = [Path(args.out) / f"{kind}.csv" for kind in ("gm", "softmax")]
     if not all(p.is_file() for p in parts):
