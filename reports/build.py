@@ -10,6 +10,7 @@ from typing import Mapping, Optional, Sequence
 
 from robench.errors import RobenchError
 
+from robench.reports.latex import write_latex_tables
 from robench.reports.leaderboard import write_leaderboard
 from robench.reports.page import render_index, report_title, run_pages
 from robench.reports.plots import all_plots
@@ -52,6 +53,7 @@ def build_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     try:
         metrics = tidy_metrics(runs)
         headline, tables = write_tables(metrics, stage)
+        write_latex_tables(metrics, stage)
         write_leaderboard(metrics, run_pages(runs), stage, "leaderboard: " + report_title(runs))
         plots = all_plots(runs, metrics, stage / "plots", feature_cells or {})
         verification = write_verification(metrics, stage)

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from robench.reports.tables import CELL_COLUMNS, CELL_LEGEND, DASH, cell_rows
+from robench.results import atomic_write_text
+from robench.reports.tables import (
+    CELL_COLUMNS, CELL_LEGEND, DASH, attack_rows, cell_frame, cell_rows, spans_runs, table_stem, threats_in,
+)
 
 _SPECIAL = re.compile(r"([\\&%$#_{}~^])")
 _REPLACE = {"\\": r"\textbackslash{}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
@@ -65,3 +69,10 @@ def _float(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def write_latex_tables(metrics: pd.DataFrame, out: Path) -> None:
+    """``table_<threat>.tex`` per threat, beside the csv and md of :func:`~robench.reports.tables.write_tables`."""
+    df, with_run = attack_rows(metrics), spans_runs(metrics)
+    for threat in threats_in(df):
+        atomic_write_text(out / f"{table_stem(threat)}.tex", cell_latex(cell_frame(df, threat), threat, with_run))

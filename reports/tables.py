@@ -239,15 +239,14 @@ def markdown(table: Table) -> str:
 
 
 def write_tables(metrics: pd.DataFrame, out: Path) -> Tuple[Optional[Table], List[Table]]:
-    """metrics.csv, headline.csv/.md, then ``table_<threat>.csv``, ``.md`` and ``.tex`` per threat.
+    """metrics.csv, headline.csv/.md, then ``table_<threat>.csv`` and ``.md`` per threat (the
+    ``.tex`` beside them: :func:`robench.reports.latex.write_latex_tables`).
 
     metrics.csv holds every row; the headline and the threat tables only the attacks'
     (verify rows have their own section, :mod:`robench.reports.verification`).
     """
-    from robench.reports.latex import cell_latex
-
     atomic_write_csv(out / "metrics.csv", metrics)
-    with_run = metrics["run"].nunique() > 1 if "run" in metrics and len(metrics) else False
+    with_run = spans_runs(metrics)
     df = attack_rows(metrics)
     top = headline(df, with_run)
     if top is not None:
@@ -256,12 +255,20 @@ def write_tables(metrics: pd.DataFrame, out: Path) -> Tuple[Optional[Table], Lis
     tables = []
     for threat in threats_in(df):
         table = cell_table(df, threat, with_run)
-        stem = f"table_{safe_name(threat)}"
+        stem = table_stem(threat)
         table.csv_name, table.md_name, table.tex_name = f"{stem}.csv", f"{stem}.md", f"{stem}.tex"
         _write(table, out)
-        atomic_write_text(out / table.tex_name, cell_latex(cell_frame(df, threat), threat, with_run))
         tables.append(table)
     return top, tables
+
+
+def table_stem(threat: str) -> str:
+    return f"table_{safe_name(threat)}"
+
+
+def spans_runs(metrics: pd.DataFrame) -> bool:
+    """Whether the rows come from more than one run directory (tables then get a run column)."""
+    return bool(metrics["run"].nunique() > 1) if "run" in metrics and len(metrics) else False
 
 
 def _write(table: Table, out: Path) -> None:

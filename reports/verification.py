@@ -270,7 +270,7 @@ def alerts(frame: pd.DataFrame, with_run: bool = False) -> List[str]:
 
 def write_verification(metrics: pd.DataFrame, out: Path) -> Optional[Dict[str, Any]]:
     """verification.csv, .md, .tex and the plot into ``out``; what the page shows (None: no verify rows)."""
-    from robench.reports.verification_plot import verification_plot
+    from robench.reports.verification_plot import verification_plot  # matplotlib only when needed
 
     frame = verification_frame(metrics)
     if frame.empty:
@@ -280,7 +280,7 @@ def write_verification(metrics: pd.DataFrame, out: Path) -> Optional[Dict[str, A
     atomic_write_csv(out / table.csv_name, frame)
     atomic_write_text(out / table.md_name, markdown(table))
     atomic_write_text(out / table.tex_name, verification_latex(frame, with_run))
-    plot = verification_plot(frame, out / "plots")
+    plot = verification_plot(frame, QUESTIONS, out / "plots")
     return {"table": table, "tables": page_tables(frame, with_run), "alerts": alerts(frame, with_run),
             "plot": plot}
 

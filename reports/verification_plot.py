@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
 from robench.reports.plots import Plot, new_figure, save_figure
 from robench.reports.tables import THREAT_ORDER
-from robench.reports.verification import QUESTIONS
 
 THREAT_COLORS = {"gray-box": "#1f77b4", "white-box": "#d62728", "black-box": "#2ca02c"}
 BAND_COLOR = "#f2a93b"
@@ -31,12 +30,14 @@ CAPTION = ("Triangles down: the worst case over the run's attacks per threat mod
            "proven robust).")
 
 
-def verification_plot(frame: pd.DataFrame, out: Path, name: str = "verification_vs_eps.png") -> Optional[Plot]:
-    """The figure of :func:`robench.reports.verification.verification_frame`; None without rows."""
+def verification_plot(frame: pd.DataFrame, questions: Sequence[Any], out: Path,
+                      name: str = "verification_vs_eps.png") -> Optional[Plot]:
+    """The figure of :func:`robench.reports.verification.verification_frame`, one column per question
+    (``verification.QUESTIONS``: ``.metric``, ``.label``) the frame has; None without rows."""
     if frame.empty:
         return None
     facets: List[Tuple[str, str]] = list(dict.fromkeys(zip(frame["run"], frame["model"])))
-    questions = [q for q in QUESTIONS if (frame["question"] == q.metric).any()]
+    questions = [q for q in questions if (frame["question"] == q.metric).any()]
     with_run = frame["run"].nunique() > 1
     fig = new_figure(5.6 * len(questions) + 0.6, 4.9 * len(facets) + 0.4)
     axes = fig.subplots(len(facets), len(questions), squeeze=False, sharey=True)

@@ -276,9 +276,10 @@ def attack(quiet: bool, as_json: bool, force: bool, out: str, **options: Any) ->
     from robench.commands import check_writable_dir, keep_only_finished
     from robench.config import config_from_cli
     from robench.runner import run_attack
+    from robench.validation import check
 
     check_writable_dir(out)
-    cfg = config_from_cli(options).check()
+    cfg = check(config_from_cli(options))
     with keep_only_finished(out):
         summary = run_attack(cfg, out, quiet=quiet or as_json, force=force)
     _echo_summary(summary, as_json)
@@ -323,10 +324,11 @@ def verify(quiet: bool, as_json: bool, force: bool, out: str, **options: Any) ->
     """Verify robustness exactly (MILP) or certify a lower bound (CROWN/IBP) into a run directory."""
     from robench.commands import check_writable_dir, keep_only_finished
     from robench.config import config_from_cli
+    from robench.validation import check
     from robench.verify_run import run_verify
 
     check_writable_dir(out)
-    cfg = config_from_cli(options, VerifyRunConfig).check()
+    cfg = check(config_from_cli(options, VerifyRunConfig))
     with keep_only_finished(out):
         summary = run_verify(cfg, out, quiet=quiet or as_json, force=force)
     _echo_summary(summary, as_json)

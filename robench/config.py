@@ -7,8 +7,9 @@ help text and checks. From those alone come
   :func:`click_options`;
 * the suite file's top-level keys and their types: :func:`suite_keys`;
 * what a run directory is bound to (its identity in the manifest): :func:`run_identity`;
-* the checks: :meth:`RunConfig.validate` returns every problem at once (the CLI
-  prints the first as one line, a suite prints all with their line numbers).
+* the checks, from the fields' validators and choices: :func:`robench.validation.config_problems`
+  returns every problem at once (the CLI prints the first as one line, a suite prints all with
+  their line numbers).
 
 Adding a run option is adding one field here (and using it where it acts).
 """
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from robench.errors import RobenchError, UsageError
+from robench.errors import RobenchError
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Option:
             parser reads itself: models, surrogate, attacks) or ``""`` (not in suites).
         identity: part of what a run directory is bound to (False for where cells
             run: executor, Ray address, threads).
-        choices: allowed values (shown in ``--help``; checked by :meth:`RunConfig.validate`).
+        choices: allowed values (shown in ``--help``; checked by ``validation.config_problems``).
         required: the CLI requires it.
         metavar: the CLI's placeholder.
     """
@@ -128,25 +129,6 @@ class RunConfig:
     def replace(self, **changes: Any) -> "RunConfig":
         return replace(self, **changes)
 
-    def validate(self, files: bool = True) -> List["Problem"]:
-        """Every problem of this configuration (empty when it can run).
-
-        Args:
-            files: also check that checkpoints exist (a suite checks its own, since
-                models it trains do not exist yet).
-        """
-        from robench.validation import config_problems
-
-        return config_problems(self, files)
-
-    def check(self) -> "RunConfig":
-        """Raise the first problem as one :class:`UsageError` line; returns ``self``."""
-        problems = self.validate()
-        if problems:
-            raise UsageError(problems[0].text(cli=True))
-        return self
-
-
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a configuration.
@@ -203,27 +185,6 @@ class VerifyRunConfig:
         for name in ("models", "eps", "detectors"):
             if isinstance(getattr(self, name), tuple):
                 object.__setattr__(self, name, list(getattr(self, name)))
-
-    def check(self) -> "VerifyRunConfig":
-        problems = self.validate()
-        if problems:
-            raise UsageError(problems[0].text(cli=True))
-        return self
-
-    def validate(self) -> List[Problem]:
-        from robench.config import checkpoint_problem
-
-        out = [Problem(("eps",), f"{{name}} must be a number in (0, 1] (pixel space), got {e!r}")
-               for e in self.eps if not (isinstance(e, (int, float)) and math.isfinite(e) and 0 < e <= 1)]
-        if not isinstance(self.n, int) or self.n < 1:
-            out.append(Problem(("n",), f"{{name}} must be an integer >= 1, got {self.n!r}"))
-        if not (isinstance(self.time_limit, (int, float)) and math.isfinite(self.time_limit) and self.time_limit > 0):
-            out.append(Problem(("time_limit",), f"{{name}} must be a number > 0, got {self.time_limit!r}"))
-        if self.batch_size < 1:
-            out.append(Problem(("batch_size",), f"{{name}} must be an integer >= 1, got {self.batch_size!r}"))
-        out += [Problem(("models", i), m) for i, p in enumerate(self.models) if (m := checkpoint_problem(p))]
-        return out
-
 
 
 def run_identity(cfg: RunConfig, command: str = "attack") -> Dict[str, Any]:

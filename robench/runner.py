@@ -66,8 +66,9 @@ def run_attack(cfg: RunConfig, out: Union[str, RunDir], quiet: bool = False, for
     that this one does not plan are removed.
     """
     from robench.devices import deterministic, resolve_device, torch_threads
+    from robench.validation import check
 
-    cfg.check()
+    check(cfg)
     cfg = cfg.replace(threads=cfg.threads or torch.get_num_threads())
     replacing = RunDir.check(out.path if isinstance(out, RunDir) else out, run_identity(cfg), force)
     with torch_threads(cfg.threads), deterministic(resolve_device(cfg.device)), _opened(out) as run:

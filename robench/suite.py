@@ -44,17 +44,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from robench.config import OPTIONS, RunConfig, eps_problem, parse_value, suite_keys
 from robench.errors import RobenchError, UsageError
-from robench.suite_check import Path_, Problems, check_keys, is_type, known, node_lines
+from robench.suite_check import Path_, Problems, SuiteError, check_keys, is_type, known, node_lines
+from robench.validation import config_problems
 
 TOP_KEYS = {**suite_keys(), "out": str}
 MODEL_KEYS = {"name": str, "path": str, "arch": str, "train": dict}
 TRAIN_KEYS = {"defense": str, "arch": str, "epochs": int, "seed": int, "batch_size": int, "lr": (float, int),
               "feature_dim": int, "train_half": str, "params": dict}
 PATH_DATASETS = ("mnist", "cifar10", "npz")  # name:PATH specs whose PATH must exist
-
-
-class SuiteError(UsageError):
-    """All problems of a suite file, each with its line."""
 
 
 @dataclass
@@ -115,7 +112,7 @@ def parse_suite(data: Dict[str, Any], lines: Dict[Path_, int], source: str, over
     cfg = RunConfig(**_scalars(data), attacks=[a for a, _ in attacks],
                     attack_eps={a: e for a, e in attacks if e is not None}, attack_threats=threats,
                     surrogate="<surrogate>" if surrogate else None, arch=_path_arch(models, problems))
-    for problem in cfg.validate(files=False):
+    for problem in config_problems(cfg, files=False):
         if problem.where[:1] != ("attacks",) or "threats" in problem.where:  # attack arguments: checked above
             problems.add(problem.where, problem.text())
     if isinstance(data.get("dataset"), str):

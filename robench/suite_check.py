@@ -10,6 +10,10 @@ from robench.errors import RobenchError, UsageError
 Path_ = Tuple[Any, ...]  # a place in the file: ("models", 0, "train", "epochs")
 
 
+class SuiteError(UsageError):
+    """All problems of a suite file, each with its line."""
+
+
 class Problems:
     """Collects problems with the line of the node they concern (or the command-line option)."""
 
@@ -29,8 +33,6 @@ class Problems:
 
     def raise_if_any(self, source: str) -> None:
         if self.items:
-            from robench.suite import SuiteError
-
             found = [m for _, m in sorted(self.items, key=lambda item: item[0])]
             raise SuiteError(f"suite {source}: {len(found)} problem(s): " + "; ".join(found))
 

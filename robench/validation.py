@@ -1,22 +1,39 @@
 """Every check of a run configuration, returning all problems at once.
 
-:meth:`robench.config.RunConfig.validate` calls :func:`config_problems`; the
-suite parser calls the same functions with the places of its file, so a check
-is written once and reads the same on the command line and in a suite.
+:func:`check` (what the commands call) raises the first problem of :func:`config_problems`
+(or :func:`verify_config_problems`) as one line; the suite parser calls the same functions with
+the places of its file, so a check is written once and reads the same on the command line and in
+a suite. This module imports robench.config, never the other way round.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
-from robench.config import EXECUTORS, THREATS, Problem, RunConfig, checkpoint_problem, eps_problem
+from robench.config import (
+    EXECUTORS, THREATS, Problem, RunConfig, VerifyRunConfig, checkpoint_problem, eps_problem,
+)
 from robench.errors import RobenchError, UsageError
 
 
+def check(cfg: Union[RunConfig, VerifyRunConfig]) -> Union[RunConfig, VerifyRunConfig]:
+    """Raise the first problem of ``cfg`` as one :class:`UsageError` line; returns ``cfg``."""
+    problems = verify_config_problems(cfg) if isinstance(cfg, VerifyRunConfig) else config_problems(cfg)
+    if problems:
+        raise UsageError(problems[0].text(cli=True))
+    return cfg
+
+
 def config_problems(cfg: RunConfig, files: bool = True) -> List[Problem]:
-    """All problems of ``cfg`` (see :meth:`RunConfig.validate`)."""
+    """Every problem of ``cfg`` (empty when it can run).
+
+    Args:
+        files: also check that checkpoints exist (a suite checks its own, since
+            models it trains do not exist yet).
+    """
     out: List[Problem] = []
     out += [Problem(("eps", i), m) for i, e in enumerate(cfg.eps) if (m := eps_problem(e))]
     for spec, values in cfg.attack_eps.items():
@@ -185,3 +202,17 @@ def attack_arguments(name: str) -> Optional[Set[str]]:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def verify_config_problems(cfg: VerifyRunConfig) -> List[Problem]:
+    """Every problem of a ``robench verify`` configuration."""
+    out = [Problem(("eps",), f"{{name}} must be a number in (0, 1] (pixel space), got {e!r}")
+           for e in cfg.eps if not (isinstance(e, (int, float)) and math.isfinite(e) and 0 < e <= 1)]
+    if not isinstance(cfg.n, int) or cfg.n < 1:
+        out.append(Problem(("n",), f"{{name}} must be an integer >= 1, got {cfg.n!r}"))
+    if not (isinstance(cfg.time_limit, (int, float)) and math.isfinite(cfg.time_limit) and cfg.time_limit > 0):
+        out.append(Problem(("time_limit",), f"{{name}} must be a number > 0, got {cfg.time_limit!r}"))
+    if cfg.batch_size < 1:
+        out.append(Problem(("batch_size",), f"{{name}} must be an integer >= 1, got {cfg.batch_size!r}"))
+    out += [Problem(("models", i), m) for i, p in enumerate(cfg.models) if (m := checkpoint_problem(p))]
+    return out

@@ -80,8 +80,9 @@ def run_verify(cfg: VerifyRunConfig, out: str, quiet: bool = False, force: bool 
     from robench.rundir import RunDir
     from robench.provenance import now
     from robench.runner import RunSummary
+    from robench.validation import check
 
-    cfg.check()
+    check(cfg)
     started = time.time()
     replacing = RunDir.check(out, identity(cfg), force, key=manifest_key(cfg))
     with RunDir.open(out, command="robench verify") as run:
