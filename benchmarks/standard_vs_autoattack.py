@@ -69,6 +69,8 @@ def main(argv=None) -> int:
                         help="CKPT, or CKPT@Linf:0.1,L2:1.5 for that model's own budgets")
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(HERE / "standard_vs_autoattack.md"),
+                        help="the markdown table written at the end (one part per process when rows run apart)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     lines: List[str] = ["# robench `standard` vs torchattacks `AutoAttack(version=\"standard\")`", "",
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
     lines += ["", f"Largest difference: {worst:+.1f} points "
               f"({'within' if worst <= 100 * TOLERANCE else 'ABOVE'} the +0.5 tolerance)."]
     text = "\n".join(lines) + "\n"
-    (HERE / "standard_vs_autoattack.md").write_text(text)
+    Path(args.out).write_text(text)
     print(text)
     return 0 if worst <= 100 * TOLERANCE else 1
 
