@@ -78,8 +78,9 @@ class RunConfig:
                             required=True, suite="special")
     attacks: List[str] = opt([], help="Attack, optionally NAME:key=value,... (repeatable).", multiple=True,
                              flag="--attack", required=True, suite="special")
-    eps: List[float] = opt([], help="Budget in [0,1] pixel space (repeatable).", kind="float", multiple=True,
-                           required=True)
+    eps: List[float] = opt([], help="Budget in pixel space (repeatable): in [0,1] for Linf attacks; an L2 "
+                                    "attack's may be larger (up to sqrt of the input size).", kind="float",
+                           multiple=True, required=True)
     threats: List[str] = opt(["gray-box"], help="gray-box, white-box or black-box (repeatable).",
                              multiple=True, flag="--threat")
     surrogate: Optional[str] = opt(None, help="Checkpoint the black-box attacker crafts on.", suite="special")
@@ -294,10 +295,14 @@ def overrides_from_cli(values: Dict[str, Any]) -> Dict[str, Any]:
 
 # -- single-field checks (used by robench.validation) -----------------------------------
 
-def eps_problem(value: Any) -> Optional[str]:
+def eps_problem(value: Any, linf: bool = True) -> Optional[str]:
+    """A budget's problem: in [0, 1] for Linf (pixel space); any finite value >= 0 for an L2 budget
+    (its attack checks the upper bound, sqrt of the input size, once it knows the model)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0 <= value <= 1:
-        return f"{{name}} must be a number in [0, 1] (pixel space), got {value!r}"
+            or value < 0 or (linf and value > 1):
+        if linf:
+            return f"{{name}} must be a number in [0, 1] (pixel space), got {value!r}"
+        return f"{{name}} must be a finite number >= 0 (an L2 budget in pixel space), got {value!r}"
     return None
 
 

@@ -129,15 +129,9 @@ def _params(kwargs: Dict[str, Any]) -> str:
 
 def attack_norm(cell: Cell, model: Any) -> str:
     """The distance the cell's budget is measured in (an adapter's, from the library class it wraps)."""
-    from robench.presets import PRESETS
-    from robench.registry import registry
+    from robench.presets import spec_norm
 
-    if cell.attack in PRESETS:
-        return PRESETS[cell.attack].norm(cell.kwargs)
-    factory = registry("attacks").get(cell.attack.partition(":")[0])
-    if getattr(factory, "is_family", False):
-        return str(factory.norm_of(cell.attack.partition(":")[2], cell.kwargs) or "")
-    return str(getattr(factory, "norm", "") or "")
+    return spec_norm(cell.attack, cell.kwargs)
 
 
 def input_hashes(x: torch.Tensor) -> List[str]:

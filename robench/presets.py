@@ -60,3 +60,16 @@ PRESETS: Dict[str, Preset] = {
     "standard": Preset("standard", "AutoAttack-standard analogue: APGD-CE, APGD-T, FAB-T, Square, cascaded "
                                    "(white-box adds the detector-aware candidates)"),
 }
+
+
+def spec_norm(attack: str, kwargs: Dict[str, Any]) -> str:
+    """The distance an attack's budget is measured in ("Linf", "L2"; "" for unbounded attacks): a
+    preset's from its norm=, an adapter's from the library class it wraps, a native attack's own."""
+    from robench.registry import registry
+
+    if attack in PRESETS:
+        return PRESETS[attack].norm(kwargs)
+    factory = registry("attacks").get(attack.partition(":")[0])
+    if getattr(factory, "is_family", False):
+        return str(factory.norm_of(attack.partition(":")[2], kwargs) or "")
+    return str(getattr(factory, "norm", "") or "")

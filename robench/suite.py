@@ -113,7 +113,7 @@ def parse_suite(data: Dict[str, Any], lines: Dict[Path_, int], source: str, over
                     attack_eps={a: e for a, e in attacks if e is not None}, attack_threats=threats,
                     surrogate="<surrogate>" if surrogate else None, arch=_path_arch(models, problems))
     for problem in config_problems(cfg, files=False):
-        if problem.where[:1] != ("attacks",) or "threats" in problem.where:  # attack arguments: checked above
+        if problem.where[:1] != ("attacks",) or {"threats", "eps"} & set(problem.where):  # arguments: above
             problems.add(problem.where, problem.text())
     if isinstance(data.get("dataset"), str):
         check_dataset(data["dataset"], problems)
@@ -245,7 +245,7 @@ def attack_spec(entry: Any, where: Path_, problems: Problems,
 
 
 def _eps(value: Any, where: Path_, problems: Problems) -> float:
-    message = eps_problem(value)
+    message = eps_problem(value, linf=False)  # the norm's bound: validation.eps_problems
     if message:
         problems.add(where, message.replace("{name}", "eps"))
         return 0.0

@@ -35,9 +35,7 @@ def config_problems(cfg: RunConfig, files: bool = True) -> List[Problem]:
             models it trains do not exist yet).
     """
     out: List[Problem] = []
-    out += [Problem(("eps", i), m) for i, e in enumerate(cfg.eps) if (m := eps_problem(e))]
-    for spec, values in cfg.attack_eps.items():
-        out += [Problem(("eps",), m) for e in values if (m := eps_problem(e))]
+    out += eps_problems(cfg)
     out += scalar_problems(cfg)
     out += threat_problems(cfg)
     for i, spec in enumerate(cfg.attacks):
@@ -48,6 +46,31 @@ def config_problems(cfg: RunConfig, files: bool = True) -> List[Problem]:
     if files:
         out += file_problems(cfg)
     return out
+
+
+def eps_problems(cfg: RunConfig) -> List[Problem]:
+    """The budgets: Linf ones in [0, 1]; the run's --eps list may go above 1 only when every attack
+    it applies to is an L2 attack (an attack with its own eps list in a suite is checked with it)."""
+    shared = [a for a in cfg.attacks if a not in cfg.attack_eps]
+    linf = not shared or any(_norm(a) != "L2" for a in shared)
+    out = [Problem(("eps", i), m) for i, e in enumerate(cfg.eps) if (m := eps_problem(e, linf))]
+    for spec, values in cfg.attack_eps.items():
+        i = cfg.attacks.index(spec) if spec in cfg.attacks else 0
+        out += [Problem(("attacks", i, "eps", j), m.replace("{name}", "eps")) for j, e in enumerate(values)
+                if (m := eps_problem(e, _norm(spec) != "L2"))]
+    return out
+
+
+def _norm(spec: str) -> str:
+    """An attack spec's norm, "" when it cannot be told (unknown name, bad spec: checked elsewhere)."""
+    from robench.presets import spec_norm
+    from robench.specs import parse_spec
+
+    try:
+        name, kwargs = parse_spec(spec)
+        return spec_norm(name, kwargs)
+    except RobenchError:
+        return ""
 
 
 def scalar_problems(cfg: RunConfig) -> List[Problem]:

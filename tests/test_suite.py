@@ -218,3 +218,27 @@ def test_train_specs_are_trained_once_and_cached(tmp_path):
     assert ckpt.stat().st_mtime_ns == stamp  # not retrained
     assert (out / "results.csv").read_text().splitlines()[1].startswith("m,softmax,digits,small-cnn,fgsm,")
     assert not (out / "sanity.csv").exists()
+
+
+def test_l2_budgets_above_one_are_allowed_only_for_l2_attacks(tmp_path):
+    from robench.config import RunConfig
+    from robench.validation import config_problems
+
+    def problems(attacks, eps, attack_eps=None):
+        cfg = RunConfig(models=["m.pt"], attacks=attacks, eps=eps, attack_eps=attack_eps or {})
+        return [p.text() for p in config_problems(cfg, files=False)]
+
+    assert problems(["pgd-l2"], [1.5]) == [] and problems(["standard:norm=L2"], [2.0]) == []
+    assert problems(["pgd", "pgd-l2"], [1.5]) == ["eps must be a number in [0, 1] (pixel space), got 1.5"]
+    assert problems(["fgsm", "pgd-l2"], [0.1], {"pgd-l2": [1.5]}) == []
+    assert problems(["pgd-l2"], [-1.0]) == ["eps must be a finite number >= 0 (an L2 budget in pixel space), got -1.0"]
+    # In a suite: an attack's own eps list is checked with that attack's norm, at its line.
+    suite = tmp_path / "l2.yaml"
+    ckpt = tmp_path / "m.pt"
+    text = ("models:\n  - path: {ckpt}\nattacks:\n  - name: pgd-l2\n    eps: [1.5]\n"
+            "  - name: pgd\n    eps: [0.1, 1.5]\neps: [0.1]\n")
+    suite.write_text(text.format(ckpt=ckpt))
+    with pytest.raises(SuiteError) as err:
+        load_suite(str(suite))
+    assert "line 7: eps must be a number in [0, 1] (pixel space), got 1.5" in str(err.value)
+    assert "line 5" not in str(err.value)
