@@ -51,3 +51,12 @@ def gm_model(digits):
 def digits_batch(digits):
     """The first 128 test points."""
     return digits.split("test", 128)
+
+
+def ctrl_c_deliverable() -> None:
+    """``preexec_fn`` for a child that is sent Ctrl-C: restore SIGINT's default action, so the child's
+    Python installs its KeyboardInterrupt handler even when the tests run in the background
+    (``nohup``, ``cmd &``), where the child would inherit SIGINT ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -24,6 +24,7 @@ import torch
 from click.testing import CliRunner
 
 import robench.checkpoints
+from conftest import ctrl_c_deliverable
 from robench.checkpoints import build_model, load_model, save_checkpoint
 from robench.cli import cli
 from robench.errors import CheckpointError
@@ -43,7 +44,7 @@ INTERRUPTED = "Error: interrupted; finished work was kept"
 
 def spawn(args: List[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "robench.cli", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_deliverable)
 
 
 def finish(args: List[str], cwd: Path) -> Tuple[str, float]:

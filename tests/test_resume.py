@@ -15,6 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import ctrl_c_deliverable
 from robench.cli import cli
 
 # Subprocesses get one torch thread, like the in-process runs below (see one_thread).
@@ -65,7 +66,8 @@ def reference(suite, tmp_path_factory) -> Path:
 
 def start(suite: Path, out: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "robench.cli", "run", str(suite), "--out", str(out), "-q"]
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_deliverable)
 
 
 def finished_cells(out: Path) -> int:
