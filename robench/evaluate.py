@@ -19,6 +19,7 @@ from robench.config import RunConfig
 from robench.craft import CraftCache, Crafted, chain_examples, craft, craft_cell
 from robench.plan import Cell, Chain, Job
 from robench.prepare import ModelContext, Source
+from robench.presets import spec_norm
 from robench.threats import Candidate
 
 
@@ -96,7 +97,7 @@ def evaluate_cell(cell: Cell, ctx: ModelContext, det_name: str, x_adv: torch.Ten
     info = model.info
     row: Dict[str, Any] = {
         "model": info.name, "defense": info.defense, "dataset": ctx.dataset, "arch": info.arch,
-        "attack": cell.attack, "attack_params": _params(cell.kwargs), "norm": attack_norm(cell, model),
+        "attack": cell.attack, "attack_params": _params(cell.kwargs), "norm": spec_norm(cell.attack, cell.kwargs),
         "eps": cell.eps, "threat": cell.threat.value, "detector": det_name, "seed": cfg.seed, **metrics,
     }
     samples = pd.DataFrame({
@@ -125,13 +126,6 @@ def _flags(detector, score, fpr: float, n: int) -> np.ndarray:
 
 def _params(kwargs: Dict[str, Any]) -> str:
     return ",".join(f"{k}={kwargs[k]}" for k in sorted(kwargs))
-
-
-def attack_norm(cell: Cell, model: Any) -> str:
-    """The distance the cell's budget is measured in (an adapter's, from the library class it wraps)."""
-    from robench.presets import spec_norm
-
-    return spec_norm(cell.attack, cell.kwargs)
 
 
 def input_hashes(x: torch.Tensor) -> List[str]:
