@@ -179,6 +179,9 @@ class VerifyRunConfig:
                             kind="float")
     solver: str = opt("auto", help="auto: HiGHS, or SCIP when the detector's quadratic constraint is on.",
                       choices=("auto", "highs", "scip"))
+    solver_workers: Optional[int] = opt(None, help="Target programs of a point solved at once, in threads "
+                                                   "(exact; default: the cores this process may use).",
+                                        kind="int", identity=False)
     seed: int = opt(0, help="Seed of the bootstrap intervals.", kind="int")
     batch_size: int = opt(250, help="Points per batch for detector fitting and features.", kind="int")
 

@@ -237,5 +237,7 @@ def verify_config_problems(cfg: VerifyRunConfig) -> List[Problem]:
         out.append(Problem(("time_limit",), f"{{name}} must be a number > 0, got {cfg.time_limit!r}"))
     if cfg.batch_size < 1:
         out.append(Problem(("batch_size",), f"{{name}} must be an integer >= 1, got {cfg.batch_size!r}"))
+    if cfg.solver_workers is not None and not (_is_int(cfg.solver_workers) and cfg.solver_workers >= 1):
+        out.append(Problem(("solver_workers",), f"{{name}} must be an integer >= 1, got {cfg.solver_workers!r}"))
     out += [Problem(("models", i), m) for i, p in enumerate(cfg.models) if (m := checkpoint_problem(p))]
     return out

@@ -140,7 +140,8 @@ def verify_cell(cell: VerifyCell, ctx: Any, cfg: VerifyRunConfig, run: Any, quie
     threshold = float(detector.threshold(FLAG_FPR)) if detector is not None else None
     starts = warm_starts(run, ctx, cell.eps)
     results = verify_points(ctx.model, ctx.x, ctx.y, cell.eps, method=cfg.method, threshold=threshold,
-                            time_limit=cfg.time_limit, x_start=starts, solver=cfg.solver, progress=not quiet)
+                            time_limit=cfg.time_limit, x_start=starts, solver=cfg.solver, progress=not quiet,
+                            workers=cfg.solver_workers)
     examples = ctx.x.clone()
     for i, r in enumerate(results):
         if r.counterexample is not None and r.status == "not-robust":

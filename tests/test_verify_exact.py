@@ -236,3 +236,72 @@ def test_missing_solver_is_one_line(monkeypatch):
     assert "pip install -e '.[verify]'" in str(info.value) and "\n" not in str(info.value)
     (res,) = verify_points(model, x0, y, 0.1, method="crown")  # bounds need no solver
     assert res.status in ("robust", "unknown")
+
+
+@pytest.fixture
+def solve_threads(monkeypatch):
+    """The names of the threads solvers.solve ran on (pool threads as "robench-verify")."""
+    import threading
+
+    threads = set()
+    real = solvers.solve
+
+    def recording(*args, **kwargs):
+        threads.add(threading.current_thread().name.split("_")[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(solvers, "solve", recording)
+    return threads
+
+
+def test_targets_in_threads_give_the_sequential_verdicts(digits_mlp, digits, solve_threads):
+    threads = solve_threads
+    x, y = digits.split("test", 16)
+    pick = [2, 10, 12, 15]  # points with several targets left open by the bounds at eps 0.12
+    x, y, eps = x[pick], y[pick], 0.12
+    one = verify_points(digits_mlp, x, y, eps, workers=1)
+    assert threads == {"MainThread"}
+    two = verify_points(digits_mlp, x, y, eps, workers=2)
+    assert "robench-verify" in threads  # the targets really ran in the pool
+    assert [r.status for r in one] == [r.status for r in two]
+    assert {"robust", "not-robust"} <= {r.status for r in two}
+    assert sum(r.targets_solved for r in two) >= sum(r.status == "robust" for r in two)
+    for r, x0, label in zip(two, x, y):
+        if r.status == "not-robust":
+            assert int(digits_mlp(r.counterexample[None]).argmax()) != int(label)
+            assert (r.counterexample - x0).abs().max() <= eps + 1e-6
+
+
+def test_scip_programs_in_threads_agree(digits_mlp, digits, solve_threads):
+    """SCIP solves without the GIL (optimizeNogil) in the same pool; its verdicts are HiGHS's."""
+    threads = solve_threads
+    x, y = digits.split("test", 16)
+    x, y = x[[2, 12]], y[[2, 12]]
+    highs = verify_points(digits_mlp, x, y, 0.12, workers=1)
+    scip = verify_points(digits_mlp, x, y, 0.12, solver="scip", workers=2)
+    assert "robench-verify" in threads
+    assert [r.status for r in highs] == [r.status for r in scip] == ["robust", "not-robust"]
+
+
+@pytest.mark.parametrize("solver", ["highs", "scip"])
+def test_a_cancelled_solve_stops_undecided(digits_mlp, digits, solver):
+    """Once one target breaks a point the others' solves are cancelled: they stop, deciding nothing."""
+    from robench.verify.milp import build_program
+
+    x, y = digits.split("test", 16)
+    net = extract_network(digits_mlp)
+    label = int(y[2])
+    box = input_box(x[2], 0.12)
+    prog = build_program(net, tighten_bounds(net, compute_bounds(net, box, label), box, label))
+    margins = compute_bounds(net, box, label).margin_lower
+    t = int(torch.argmin(margins))
+    coef = np.zeros(len(margins))
+    coef[label], coef[t] = 1.0, -1.0
+    cost, const = prog.objective(net.output, coef)
+    assert prog.n_binaries > 0
+    decided = solvers.solve(prog, cost, const, solver, 30.0)
+    assert decided.status in ("positive", "negative")
+    cancel = solvers.Cancel()
+    cancel.set()
+    stopped = solvers.solve(prog, cost, const, solver, 30.0, cancel=cancel)
+    assert stopped.status == "unknown" and stopped.solution is None and stopped.nodes <= 1

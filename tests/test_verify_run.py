@@ -90,6 +90,7 @@ def test_a_not_robust_point_has_a_counterexample_that_fools_the_model(mlp, tmp_p
     (["--eps", "0.1", "--n", "0"], "--n must be an integer >= 1"),
     (["--eps", "0.1", "--time-limit", "-1"], "--time-limit must be a number > 0"),
     (["--eps", "0.1", "--method", "exactly"], "Invalid value for '--method'"),
+    (["--eps", "0.1", "--solver-workers", "0"], "--solver-workers must be an integer >= 1"),
 ])
 def test_bad_verify_options_are_one_line(mlp, tmp_path, args, needle):
     result = CliRunner().invoke(cli, ["verify", "--model", mlp, *args, "--out", str(tmp_path / "run")])

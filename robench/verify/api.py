@@ -19,7 +19,10 @@ re-checked in float32 on the real model; one that does not fool it gives
 from __future__ import annotations
 
 import math
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar, Dict, List, Optional, Sequence
 
@@ -104,11 +107,13 @@ class VerifyConfig:
     solver: str = "auto"
     tighten: bool = True
     stop_at_sign: bool = True
+    workers: Optional[int] = None
 
     ranges: ClassVar[Dict[str, Range]] = {
         "eps": Range(float, 0.0, 1.0),
         "time_limit": Range(float, 0.0, None, low_open=True),
         "threshold": Range(float, None, None, optional=True),
+        "workers": Range(int, 1, None, optional=True),
     }
 
     def __post_init__(self) -> None:
@@ -122,10 +127,23 @@ class VerifyConfig:
                              "use solver scip (or auto)")
 
     @property
+    def resolved_workers(self) -> int:
+        """Target programs solved at once: ``workers``, or the cores this process may use."""
+        return self.workers if self.workers is not None else available_cores()
+
+    @property
     def resolved_solver(self) -> str:
         if self.solver != "auto":
             return self.solver
         return "scip" if self.threshold is not None else "highs"
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the platform tells)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def supported(model: torch.nn.Module) -> Optional[str]:
@@ -156,7 +174,7 @@ def verify_points(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
                   method: str = "exact", norm: str = "linf", threshold: Optional[float] = None,
                   time_limit: float = 60.0, x_start: Optional[torch.Tensor] = None,
                   solver: str = "auto", tighten: bool = True, stop_at_sign: bool = True,
-                  progress: bool = False) -> List[VerifyResult]:
+                  progress: bool = False, workers: Optional[int] = None) -> List[VerifyResult]:
     """Verify each point of a batch.
 
     Args:
@@ -175,9 +193,12 @@ def verify_points(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
         stop_at_sign: stop each solve once the sign of its optimum is known; False
             solves to optimality so the margins are the exact minimum.
         progress: show a progress bar on a terminal.
+        workers: target programs of a point solved at once, in threads (exact; the solvers
+            release the GIL); None: the cores this process may use. The time limit is
+            wall-clock, so more workers decide more points within it.
     """
     cfg = VerifyConfig(eps=eps, method=method, norm=norm, threshold=threshold, time_limit=time_limit,
-                       solver=solver, tighten=tighten, stop_at_sign=stop_at_sign)
+                       solver=solver, tighten=tighten, stop_at_sign=stop_at_sign, workers=workers)
     x, y, x_start = _check_inputs(model, x, y, x_start)
     net = check_supported(model, cfg.method, cfg.threshold)
     from robench.progress import progress_bar
@@ -215,6 +236,7 @@ class _PointVerifier:
 
     def __init__(self, model, net: Network, cfg: VerifyConfig) -> None:
         self.model, self.net, self.cfg = model, net, cfg
+        self.lock = threading.Lock()  # target programs run in threads: their bookkeeping takes turns
 
     def run(self, index: int, x0: torch.Tensor, y: int, x_start: Optional[torch.Tensor]) -> VerifyResult:
         self.t0, self.cpu0, self.y, self.x0 = time.perf_counter(), time.process_time(), y, x0
@@ -306,24 +328,45 @@ class _PointVerifier:
         start = prog.values(self.net, warm)
         z = self.net.forward(warm.to(DTYPE).unsqueeze(0))[self.net.output][0]
         order = sorted(targets, key=lambda t: float(z[self.y] - z[t]))  # the attack's target first
-        verdicts = []
-        for t in order:
-            if not self.cfg.stop_at_sign and self.lower[t] >= self.out.margin_upper:
-                continue  # cannot be the minimum
-            verdict = self._target(prog, t, start)
-            if verdict == "broken" and self.cfg.stop_at_sign:
-                return self._finish("not-robust")
-            verdicts.append(verdict)
-            if verdict == "timeout":
-                break
+        verdicts = self._targets(prog, order, start, self.cfg.resolved_workers)
+        if "broken" in verdicts and self.cfg.stop_at_sign:
+            return self._finish("not-robust")
         if "broken" in verdicts:  # solving on (stop_at_sign False): the minimum may be another target's
             return self._finish("not-robust")
         if "timeout" in verdicts or "open" in verdicts:
             return self._finish("unknown")
         return self._finish("counterexample-rejected" if "rejected" in verdicts else "robust")
 
+    def _targets(self, prog, order: Sequence[int], start: np.ndarray, workers: int) -> List[str]:
+        """The verdicts on ``order``'s targets, ``workers`` programs at a time (in that order); with
+        stop_at_sign, once one target breaks the point the others' solves are cancelled and the
+        targets not yet started are skipped."""
+        from robench.verify.solvers import Cancel
+
+        self.cancel = Cancel()
+        if workers <= 1 or len(order) <= 1:
+            verdicts = []
+            for t in order:
+                verdict = self._target(prog, t, start)
+                if verdict == "skipped":
+                    continue
+                verdicts.append(verdict)
+                if verdict == "timeout" or (verdict == "broken" and self.cfg.stop_at_sign):
+                    break
+            return verdicts
+        with ThreadPoolExecutor(max_workers=min(workers, len(order)), thread_name_prefix="robench-verify") as pool:
+            return [v for v in pool.map(lambda t: self._target(prog, t, start), order) if v != "skipped"]
+
     def _target(self, prog, t: int, start: np.ndarray) -> str:
-        """One target's program: "proved", "broken", "rejected", "open" or "timeout"."""
+        """One target's program: "proved", "broken", "rejected", "open", "timeout" or "skipped"."""
+        if self.cancel.is_set() or (not self.cfg.stop_at_sign and self.lower[t] >= self.out.margin_upper):
+            return "skipped"  # another target broke the point, or this one cannot hold the minimum
+        verdict = self._target_verdict(prog, t, start)
+        if verdict == "broken" and self.cfg.stop_at_sign:
+            self.cancel.set()
+        return verdict
+
+    def _target_verdict(self, prog, t: int, start: np.ndarray) -> str:
         from robench.verify.solvers import SIGN_TOL
 
         res = self._solve(prog, t, start, safety=0.0)
@@ -333,16 +376,20 @@ class _PointVerifier:
             self.lower[t] = max(self.lower[t], res.dual)
         if res.solution is None or res.primal > SIGN_TOL:
             if res.solution is not None:
-                self.out.margin_upper = min(self.out.margin_upper, self._margin64(self._input_of(res.solution)))
+                margin = self._margin64(self._input_of(res.solution))
+                with self.lock:
+                    self.out.margin_upper = min(self.out.margin_upper, margin)
             return "proved" if self.lower[t] >= PROOF_MARGIN else "open"
-        if self._try_candidate(self._input_of(res.solution), t):
-            return "broken"
+        with self.lock:
+            if self._try_candidate(self._input_of(res.solution), t):
+                return "broken"
         # Optima sit on the boundary (margin 0, score = threshold), where float32 may disagree:
         # look once more for a counterexample with room to spare on both.
         retry = self._solve(prog, t, start, safety=SAFETY)
         if retry is not None and retry.solution is not None and retry.primal < 0:
-            if self._try_candidate(self._input_of(retry.solution), t):
-                return "broken"
+            with self.lock:
+                if self._try_candidate(self._input_of(retry.solution), t):
+                    return "broken"
         return "rejected"
 
     def _solve(self, prog, t: int, start: np.ndarray, safety: float):
@@ -358,9 +405,11 @@ class _PointVerifier:
         if self.cfg.threshold is not None:
             thr = self.cfg.threshold - safety * (1.0 + abs(self.cfg.threshold))
             quad = Quadratic(prog.exprs[self.net.features], self.net.mu[t].numpy(), thr)
-        res = solve(prog, cost, const + safety, self.out.solver, left, start, self.cfg.stop_at_sign or safety > 0, quad)
-        self.out.targets_solved += safety == 0
-        self.out.nodes += res.nodes
+        res = solve(prog, cost, const + safety, self.out.solver, left, start, self.cfg.stop_at_sign or safety > 0, quad,
+                    cancel=self.cancel)
+        with self.lock:
+            self.out.targets_solved += safety == 0
+            self.out.nodes += res.nodes
         if safety:
             res.primal -= safety
         return res

@@ -17,6 +17,7 @@ import importlib
 import math
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
@@ -59,6 +60,40 @@ class Quadratic:
     threshold: float
 
 
+class Cancel:
+    """Stops the running solves of a point's other targets once one target decides the point.
+
+    HiGHS polls it through its MIP interrupt callback; SCIP models register while
+    they solve and are interrupted (``SCIPinterruptSolve`` only sets a flag that the
+    solver checks) under the lock that also guards their registration.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._lock = threading.Lock()
+        self._scip: list = []
+
+    def set(self) -> None:
+        with self._lock:
+            self.event.set()
+            for model in self._scip:
+                model.interruptSolve()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def _watch(self, model) -> bool:
+        with self._lock:
+            if self.event.is_set():
+                return False
+            self._scip.append(model)
+            return True
+
+    def _unwatch(self, model) -> None:
+        with self._lock:
+            self._scip.remove(model)
+
+
 def import_solver(name: str) -> Any:
     """The solver's module, or one line saying how to install it."""
     package = _PACKAGES[name]
@@ -71,11 +106,11 @@ def import_solver(name: str) -> Any:
 
 def solve(prog: Program, cost: np.ndarray, const: float, solver: str, time_limit: float,
           start: Optional[np.ndarray] = None, stop_at_sign: bool = True,
-          quadratic: Optional[Quadratic] = None) -> SolveResult:
-    """Minimise ``cost . v + const`` over ``prog``."""
+          quadratic: Optional[Quadratic] = None, cancel: Optional[Cancel] = None) -> SolveResult:
+    """Minimise ``cost . v + const`` over ``prog`` (stopped early, "unknown", once ``cancel`` is set)."""
     if solver == "highs" and quadratic is None:
-        return _solve_highs(prog, cost, const, time_limit, start, stop_at_sign)
-    return _solve_scip(prog, cost, const, time_limit, start, stop_at_sign, quadratic)
+        return _solve_highs(prog, cost, const, time_limit, start, stop_at_sign, cancel)
+    return _solve_scip(prog, cost, const, time_limit, start, stop_at_sign, quadratic, cancel)
 
 
 def quiet_highs(highspy: Any) -> Any:
@@ -118,7 +153,7 @@ def highs_model(prog: Program, cost: np.ndarray, relax: bool = False):
     return h
 
 
-def _solve_highs(prog, cost, const, time_limit, start, stop_at_sign) -> SolveResult:
+def _solve_highs(prog, cost, const, time_limit, start, stop_at_sign, cancel=None) -> SolveResult:
     highspy = import_solver("highs")
     t0 = time.perf_counter()
     h = highs_model(prog, cost)
@@ -137,6 +172,8 @@ def _solve_highs(prog, cost, const, time_limit, start, stop_at_sign) -> SolveRes
         sol = highspy.HighsSolution()
         sol.col_value = list(start)
         h.setSolution(sol)
+    if cancel is not None:  # polled by HiGHS between nodes (and before the first)
+        h.cbMipInterrupt.subscribe(lambda event: event.interrupt() if cancel.is_set() else None)
     h.run()
     status = h.modelStatusToString(h.getModelStatus())
     info = h.getInfo()
@@ -160,7 +197,7 @@ def _classify(finished: bool, primal: float, dual: float, solution, seconds: flo
     return SolveResult("optimal" if finished else "unknown", dual, primal, solution, seconds, nodes)
 
 
-def _solve_scip(prog, cost, const, time_limit, start, stop_at_sign, quadratic) -> SolveResult:
+def _solve_scip(prog, cost, const, time_limit, start, stop_at_sign, quadratic, cancel=None) -> SolveResult:
     scip = import_solver("scip")
     t0 = time.perf_counter()
     model, xs = _scip_model(scip, prog, cost)
@@ -180,7 +217,15 @@ def _solve_scip(prog, cost, const, time_limit, start, stop_at_sign, quadratic) -
         for var, value in extra_values(quadratic, start, extra):
             model.setSolVal(sol, var, value)
         model.addSol(sol, free=True)
-    model.optimize()
+    if cancel is not None and not cancel._watch(model):
+        model.freeProb()
+        return SolveResult("unknown", -math.inf, math.inf, None, time.perf_counter() - t0, 0)
+    try:
+        # Without the GIL where this pyscipopt has it: the per-target programs of a point run in threads.
+        (model.optimizeNogil if hasattr(model, "optimizeNogil") else model.optimize)()
+    finally:
+        if cancel is not None:
+            cancel._unwatch(model)
     status = model.getStatus()
     n_sols = model.getNSols()
     primal = model.getPrimalbound() + const if n_sols else math.inf
