@@ -96,9 +96,11 @@ def outcome(model, x_adv, y, thr: Optional[float]):
 
 
 def part(model, label: str, x, y, eps: float, attacks: List[str], thr, detector, time_limit: float,
-         methods=("exact", "crown", "ibp")) -> Dict[str, Any]:
+         methods=("exact", "crown", "ibp"), workers: Optional[int] = None) -> Dict[str, Any]:
+    from robench.verify.api import available_cores
+
     rec: Dict[str, Any] = {"model": label, "eps": eps, "n": len(y), "threshold": thr, "attacks": {},
-                           "commit": _commit()}
+                           "commit": _commit(), "solver_workers": workers or available_cores()}
     best, best_margin = x.clone(), torch.full((len(y),), float("inf"))
     worst = torch.ones(len(y), dtype=torch.bool)
     for spec in attacks:
@@ -112,7 +114,7 @@ def part(model, label: str, x, y, eps: float, attacks: List[str], thr, detector,
     for method in methods:
         t0 = time.perf_counter()
         res = verify_points(model, x, y, eps, method=method, threshold=thr, time_limit=time_limit,
-                            x_start=best if method == "exact" else None)
+                            x_start=best if method == "exact" else None, workers=workers)
         rec[method] = {"status": [r.status for r in res], "seconds": [r.seconds for r in res],
                        "cpu_seconds": [r.cpu_seconds for r in res],
                        "binaries": [r.n_binaries for r in res], "solved": [r.targets_solved for r in res],
@@ -178,7 +180,8 @@ def write_md(path: Path, recs: List[Dict[str, Any]], args, started: float) -> No
              f"time limit {args.time_limit:g} s per point, one torch thread, solver HiGHS "
              f"(SCIP for the detector's quadratic constraint). Exact is warm-started from the attacks' best "
              f"point. `missed`: points the attack left robust that exact verification proves not robust. "
-             f"`exact a .. b`: a proven robust, b if every undecided point were robust.", "",
+             f"`exact a .. b`: a proven robust, b if every undecided point were robust. A point's target "
+             f"programs were solved {_workers(recs)} at a time (threads; the time limit is wall-clock).", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other "
              f"jobs (load average {os.getloadavg()[0]:.1f} when written): times are wall-clock under that load.", "",
              "| model | n | eps | evaluation | robust acc | missed / undecided | time |",
@@ -190,6 +193,11 @@ def write_md(path: Path, recs: List[Dict[str, Any]], args, started: float) -> No
         f"{r['model']} n {r['n']} eps {r['eps']:g}: {r['exact']['wall']:.0f}/{r['crown']['wall']:.0f}/{r['ibp']['wall']:.0f}"
         for r in recs)]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _workers(recs: List[Dict[str, Any]]) -> str:
+    """How many target programs ran at once, over the records (older ones: one at a time)."""
+    return " / ".join(str(w) for w in sorted({r.get("solver_workers", 1) for r in recs}))
 
 
 def cached(cache: Path) -> List[Dict[str, Any]]:
@@ -205,6 +213,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--attack", action="append", default=None,
                     help="an attack spec name:k=v,... (repeatable; default: PGD, margin objective, 5 restarts)")
     ap.add_argument("--time-limit", type=float, default=60.0)
+    ap.add_argument("--solver-workers", type=int, default=None,
+                    help="target programs of a point solved at once (default: the cores this process may use)")
     ap.add_argument("--models", nargs="+", default=["softmax", "gm"])
     ap.add_argument("--no-autoattack", action="store_true")
     ap.add_argument("--report-only", action="store_true", help="rewrite --out from the cache, compute nothing")
@@ -236,9 +246,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                 data.split("val")[0])
             thr = det.threshold(0.05)
             rec = part(model, f"{label} + gm-likelihood @5% FPR", x, y, eps, [JOINT_ATTACK], thr, det,
-                       args.time_limit)
+                       args.time_limit, workers=args.solver_workers)
         else:
-            rec = part(model, label, x, y, eps, attacks, None, None, args.time_limit)
+            rec = part(model, label, x, y, eps, attacks, None, None, args.time_limit, workers=args.solver_workers)
             if not args.no_autoattack:
                 rec["autoattack"] = autoattack(model, x, y, eps)
         key.write_text(json.dumps(rec))

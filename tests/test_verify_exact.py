@@ -273,7 +273,8 @@ def test_targets_in_threads_give_the_sequential_verdicts(digits_mlp, digits, sol
 
 
 def test_scip_programs_in_threads_agree(digits_mlp, digits, solve_threads):
-    """SCIP solves without the GIL (optimizeNogil) in the same pool; its verdicts are HiGHS's."""
+    """SCIP programs go through the same pool (one solve at a time: SCIP crashed with two at once in
+    threads); its verdicts are HiGHS's."""
     threads = solve_threads
     x, y = digits.split("test", 16)
     x, y = x[[2, 12]], y[[2, 12]]

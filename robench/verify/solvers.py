@@ -60,38 +60,26 @@ class Quadratic:
     threshold: float
 
 
-class Cancel:
-    """Stops the running solves of a point's other targets once one target decides the point.
+# SCIP crashed (a segfault in libscip) with two detector programs -- the quadratic constraint, SCIP's
+# nonlinear machinery -- solving at once in threads of one process: SCIP solves one at a time.
+_SCIP_LOCK = threading.Lock()
 
-    HiGHS polls it through its MIP interrupt callback; SCIP models register while
-    they solve and are interrupted (``SCIPinterruptSolve`` only sets a flag that the
-    solver checks) under the lock that also guards their registration.
+
+class Cancel:
+    """Stops the solves of a point's other targets once one target decides the point.
+
+    HiGHS polls it through its MIP interrupt callback between nodes; a SCIP solve
+    (one at a time, see ``_SCIP_LOCK``) checks it before it starts.
     """
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self._lock = threading.Lock()
-        self._scip: list = []
 
     def set(self) -> None:
-        with self._lock:
-            self.event.set()
-            for model in self._scip:
-                model.interruptSolve()
+        self.event.set()
 
     def is_set(self) -> bool:
         return self.event.is_set()
-
-    def _watch(self, model) -> bool:
-        with self._lock:
-            if self.event.is_set():
-                return False
-            self._scip.append(model)
-            return True
-
-    def _unwatch(self, model) -> None:
-        with self._lock:
-            self._scip.remove(model)
 
 
 def import_solver(name: str) -> Any:
@@ -198,6 +186,19 @@ def _classify(finished: bool, primal: float, dual: float, solution, seconds: flo
 
 
 def _solve_scip(prog, cost, const, time_limit, start, stop_at_sign, quadratic, cancel=None) -> SolveResult:
+    t0 = time.perf_counter()
+    with _SCIP_LOCK:
+        if cancel is not None and cancel.is_set():
+            return SolveResult("unknown", -math.inf, math.inf, None, 0.0, 0)
+        left = time_limit - (time.perf_counter() - t0)  # the wait for the lock counts
+        if left <= 0:
+            return SolveResult("unknown", -math.inf, math.inf, None, time.perf_counter() - t0, 0)
+        res = _solve_scip_locked(prog, cost, const, left, start, stop_at_sign, quadratic)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _solve_scip_locked(prog, cost, const, time_limit, start, stop_at_sign, quadratic) -> SolveResult:
     scip = import_solver("scip")
     t0 = time.perf_counter()
     model, xs = _scip_model(scip, prog, cost)
@@ -217,15 +218,8 @@ def _solve_scip(prog, cost, const, time_limit, start, stop_at_sign, quadratic, c
         for var, value in extra_values(quadratic, start, extra):
             model.setSolVal(sol, var, value)
         model.addSol(sol, free=True)
-    if cancel is not None and not cancel._watch(model):
-        model.freeProb()
-        return SolveResult("unknown", -math.inf, math.inf, None, time.perf_counter() - t0, 0)
-    try:
-        # Without the GIL where this pyscipopt has it: the per-target programs of a point run in threads.
-        (model.optimizeNogil if hasattr(model, "optimizeNogil") else model.optimize)()
-    finally:
-        if cancel is not None:
-            cancel._unwatch(model)
+    # Without the GIL where this pyscipopt has it: HiGHS programs of the point go on meanwhile.
+    (model.optimizeNogil if hasattr(model, "optimizeNogil") else model.optimize)()
     status = model.getStatus()
     n_sols = model.getNSols()
     primal = model.getPrimalbound() + const if n_sols else math.inf
