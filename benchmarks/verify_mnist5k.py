@@ -36,7 +36,8 @@ import robench
 from robench.specs import parse_value
 from robench.verify import verify_points
 
-DEFAULT_ATTACKS = ["pgd:steps=100,restarts=5,objective=margin"]
+CELL = "pgd:steps=100,restarts=5,objective=margin"
+JOINT_CELL = "pgd:steps=100,restarts=5,objective=joint"
 NOTES = [
     "Notes:",
     "",
@@ -48,10 +49,13 @@ NOTES = [
     "* The detection-aware rows: robust = no point of the ball is misclassified AND unflagged by",
     "  gm-likelihood at its 5% FPR threshold (calibrated on clean validation data); the attack is white-box",
     "  PGD on the joint objective; exact adds the convex quadratic constraint 1/2|f - mu_t|^2 <= thr (SCIP).",
-    "* `--attack` takes any robench attack spec (repeatable), so the table can be re-run with APGD or a",
-    "  `standard` preset when they exist.",
+    "* robench's attack rows are the candidates of a white-box `robench attack` cell of `--cell`",
+    "  (`robench.threats.white_box_candidates`: the attack as given, the margin objective, APGD-DLR, APGD-T",
+    "  (multi-targeted DLR) and on GM the multi-targeted likelihood pull; with the detector, APGD on the joint",
+    "  objective against every other class and selective PGD), each run on every point; their worst case is",
+    "  what that cell reports.",
+    "  `--attack` adds any other robench attack spec (repeatable).",
 ]
-JOINT_ATTACK = "pgd:steps=100,restarts=5,objective=joint"
 
 
 def parse_attack(spec: str):
@@ -72,9 +76,25 @@ def train(defense: str, cache: Path) -> Path:
     return out
 
 
+def spec_of(name: str, kwargs: Dict[str, Any]) -> str:
+    return name + ":" + ",".join(f"{k}={v}" for k, v in kwargs.items())
+
+
+def cell_attacks(spec: str, is_gm: bool, with_detector: bool, num_classes: int) -> List[str]:
+    """The specs of the candidates a white-box ``robench attack`` cell of ``spec`` runs
+    (``detector=True``: the fitted detector goes there)."""
+    from robench.craft import attack_norm_of, attack_steps
+    from robench.threats import white_box_candidates
+
+    name, kwargs = parse_attack(spec)
+    cands = white_box_candidates(name, kwargs, is_gm, with_detector, num_classes, str(kwargs.get("objective")),
+                                 norm=attack_norm_of(name), steps=attack_steps(name, kwargs))
+    return [spec_of(c.attack, c.kwargs) for c in cands]
+
+
 def run_attack(model, spec: str, x, y, eps: float, detector=None) -> Dict[str, Any]:
     name, kwargs = parse_attack(spec)
-    if kwargs.get("objective") == "joint":
+    if kwargs.pop("detector", None) or kwargs.get("objective") == "joint":
         kwargs.update(detector=detector, fpr=0.05)
     t0 = time.perf_counter()
     attack = robench.create_attack(name, model, eps=eps, **kwargs)
@@ -152,7 +172,8 @@ def summary_rows(rec: Dict[str, Any]) -> List[str]:
     attacks = dict(rec["attacks"])
     if "autoattack" in rec:
         attacks["ta:AutoAttack (standard)"] = rec["autoattack"]
-    attacks["worst case of the --attack list"] = {"robust": rec["worst_case"], "seconds": None}
+    worst = f"worst case: robench white-box cell {rec['cell']}" if rec.get("cell") else "worst case of the --attack list"
+    attacks[worst] = {"robust": rec["worst_case"], "seconds": None}
     for name, a in attacks.items():
         missed = sum(r and e for r, e in zip(a["robust"], exact_nr))
         took = "" if a["seconds"] is None else f"{a['seconds']:.1f} s total"
@@ -210,8 +231,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--eps", type=float, nargs="+", default=[0.05, 0.02, 0.1])
-    ap.add_argument("--attack", action="append", default=None,
-                    help="an attack spec name:k=v,... (repeatable; default: PGD, margin objective, 5 restarts)")
+    ap.add_argument("--cell", default=CELL,
+                    help=f"the white-box robench cell whose candidates are the attacks (default {CELL}; "
+                         f"detection-aware parts: the same with objective=joint)")
+    ap.add_argument("--attack", action="append", default=[],
+                    help="another attack spec name:k=v,... run beside the cell's candidates (repeatable)")
     ap.add_argument("--time-limit", type=float, default=60.0)
     ap.add_argument("--solver-workers", type=int, default=None,
                     help="target programs of a point solved at once (default: the cores this process may use)")
@@ -224,7 +248,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--out", default="benchmarks/verify_mnist5k.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    attacks = args.attack or DEFAULT_ATTACKS
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -245,12 +268,17 @@ def main(argv: Optional[List[str]] = None) -> None:
             det = robench.create_detector("gm-likelihood", model).fit(*data.split("train")).calibrate(
                 data.split("val")[0])
             thr = det.threshold(0.05)
-            rec = part(model, f"{label} + gm-likelihood @5% FPR", x, y, eps, [JOINT_ATTACK], thr, det,
+            cell = JOINT_CELL if args.cell == CELL else args.cell
+            attacks = cell_attacks(cell, model.is_gm, True, model.num_classes) + args.attack
+            rec = part(model, f"{label} + gm-likelihood @5% FPR", x, y, eps, attacks, thr, det,
                        args.time_limit, workers=args.solver_workers)
         else:
+            cell = args.cell
+            attacks = cell_attacks(cell, model.is_gm, False, model.num_classes) + args.attack
             rec = part(model, label, x, y, eps, attacks, None, None, args.time_limit, workers=args.solver_workers)
             if not args.no_autoattack:
                 rec["autoattack"] = autoattack(model, x, y, eps)
+        rec["cell"] = cell + "".join(f" + {spec}" for spec in args.attack)
         key.write_text(json.dumps(rec))
         write_md(Path(args.out), cached(cache), args, started)
         print(f"done {key.name} after {(time.time() - started) / 60:.1f} min", flush=True)

@@ -164,7 +164,8 @@ def candidates(cell: Cell, ctx: ModelContext, detector: Any) -> List[Candidate]:
         norm = PRESETS[cell.attack].norm(cell.kwargs)
         extra = white_box_candidates(members[0].attack, {"steps": 100}, ctx.model.is_gm, detector is not None, k,
                                      norm=norm, steps=100)
-        return members[:2] + [c for c in extra[1:] if c.label not in ("margin", "apgd-dlr")] + members[2:]
+        covered = ("margin", "apgd-dlr", f"apgd-dlr-t{k - 1}")  # APGD-CE and APGD-T are the preset's own
+        return members[:2] + [c for c in extra[1:] if c.label not in covered] + members[2:]
     base = Candidate(str(cell.kwargs.get("objective", default_objective(cell.attack))), cell.attack,
                      dict(cell.kwargs))
     if not white or not accepts(cell.attack, "objective"):

@@ -97,6 +97,48 @@ def test_multi_targeted_rows_are_aligned_under_a_mask(softmax_model, points):
     assert torch.allclose(part[active], full[active], atol=1e-6) and torch.equal(part[~active], x[~active])
 
 
+def runner_up_trap():
+    """A 4-class ReLU model on 9 inputs (features = the inputs) and a point at 0.5 where, at eps 0.1,
+    the runner-up class 1 is out of reach (z1 <= 0.9 < z0 = 1) but class 2, third at the point,
+    is not: z2 = -18 + 4 * sum(x_1..x_8) reaches 1.2 at the corner x_1..8 = 0.6 (and passes z0 only
+    within 0.25 of its top, which a random start in the ball reaches with odds of about 1e-5)."""
+    from robench.archs import MLP
+    from tests.test_verify import make_model
+
+    net = MLP(num_classes=4, feature_dim=9, head="linear", in_channels=9, input_size=1, hidden=())
+    with torch.no_grad():
+        body = net.body[1]
+        body.weight.copy_(torch.eye(9))
+        body.bias.zero_()
+        net.head.weight.zero_()
+        net.head.bias.copy_(torch.tensor([1.0, 0.3, -18.0, -5.0]))
+        net.head.weight[1, 0] = 1.0
+        net.head.weight[2, 1:] = 4.0
+    return make_model(net, (9, 1, 1), mean=0.0, std=1.0), torch.full((1, 9, 1, 1), 0.5), torch.tensor([0])
+
+
+def test_white_box_candidates_take_a_point_only_a_lower_class_can():
+    """Exact verification proves the point breakable; the untargeted candidates (given margin PGD,
+    APGD-DLR) miss it, the cell's multi-targeted APGD-T takes it, inside the ball."""
+    from robench.threats import white_box_candidates
+    from robench.verify import verify_points
+
+    model, x, y = runner_up_trap()
+    eps = 0.1
+    assert int(model.predict(x)) == 0
+    (exact,) = verify_points(model, x, y, eps)
+    assert exact.status == "not-robust" and exact.target == 2
+    cands = white_box_candidates("pgd", {"steps": 50, "restarts": 3, "objective": "margin"}, False, False, 4,
+                                 norm="Linf", steps=50)
+    assert [c.label for c in cands] == ["margin", "apgd-dlr", "apgd-dlr-t3"]
+    won = {}
+    for cand in cands:
+        x_adv = create_attack(cand.attack, model, eps=eps, **cand.kwargs)(x, y)
+        assert float((x_adv - x).abs().max()) <= eps + 1e-6 and 0 <= float(x_adv.min()) <= float(x_adv.max()) <= 1
+        won[cand.label] = int(model.predict(x_adv)) != 0
+    assert won == {"margin": False, "apgd-dlr": False, "apgd-dlr-t3": True}
+
+
 def test_gm_likelihood_pull_beats_the_untargeted_one(gm_model, digits, points):
     """lkd towards each of the 9 other classes (their log-likelihood) evades gm-likelihood more often."""
     x, y = points
