@@ -117,6 +117,10 @@ def _prepare(path: str, cfg: VerifyRunConfig, device) -> Any:
                                         arch=cfg.arch, n=cfg.n, batch_size=cfg.batch_size, seed=cfg.seed,
                                         device="cpu", detectors=dets if _gm(path, cfg) else ["none"]), device)
     check_supported(ctx.model, cfg.method, None)  # one line, before any work, for an unsupported layer
+    if cfg.method == "exact" and cfg.solver == "scip":
+        from robench.verify.solvers import import_solver
+
+        import_solver("scip")  # likewise for the solver asked for
     return ctx
 
 

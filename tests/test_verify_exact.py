@@ -8,6 +8,7 @@ the real model.
 from __future__ import annotations
 
 import importlib
+import math
 
 import numpy as np
 import pytest
@@ -118,6 +119,30 @@ def test_gm_detector_constraint_matches_brute_force():
             if best < float("inf"):
                 assert opt.margin_lower >= best - 0.02 * (1 + abs(best))
     assert {"robust", "not-robust"} <= seen
+
+
+def test_outer_approximation_of_the_detector_ball_agrees_with_scip(monkeypatch):
+    """HiGHS takes the detector's ball by cutting planes (its bounding box, then tangents at the
+    solutions outside it); SCIP takes it as a quadratic constraint: same verdicts, same minimum,
+    and some cases need the tangents, so the cut path is exercised."""
+    cuts = []
+    real = solvers._with_rows
+    monkeypatch.setattr(solvers, "_with_rows", lambda prog, a, hi: cuts.append(len(hi)) or real(prog, a, hi))
+    for seed, (a, b), eps in CASES[1::2]:
+        model = tiny_2d("gm", seed)
+        x0 = torch.tensor([a, b]).reshape(1, 2, 1, 1)
+        y = model(x0).argmax(1)
+        with torch.no_grad():
+            scores = -model(grid(x0[0], eps).float()).max(1).values
+        for thr in (float(scores.quantile(0.2)), float(scores.quantile(0.7))):
+            for stop in (True, False):
+                (h,) = verify_points(model, x0, y, eps, threshold=thr, solver="highs", stop_at_sign=stop)
+                (s,) = verify_points(model, x0, y, eps, threshold=thr, solver="scip", stop_at_sign=stop)
+                assert h.status == s.status, (seed, a, b, eps, thr, stop)
+                if not stop and math.isfinite(s.margin_lower):
+                    assert abs(h.margin_lower - s.margin_lower) <= 1e-4 * (1 + abs(s.margin_lower))
+    box = 2 * 6  # the bounding box of the 6-D feature ball: the first round of every solve
+    assert min(cuts) == box and max(cuts) > box
 
 
 @pytest.fixture(scope="module")

@@ -122,9 +122,6 @@ class VerifyConfig:
         check_choice("verify", "method", self.method, METHODS)
         check_choice("verify", "norm", self.norm, NORMS)
         check_choice("verify", "solver", self.solver, SOLVER_CHOICES)
-        if self.solver == "highs" and self.threshold is not None and self.method == "exact":
-            raise UsageError("verify: solver highs cannot express the detector's quadratic constraint; "
-                             "use solver scip (or auto)")
 
     @property
     def resolved_workers(self) -> int:
@@ -133,9 +130,8 @@ class VerifyConfig:
 
     @property
     def resolved_solver(self) -> str:
-        if self.solver != "auto":
-            return self.solver
-        return "scip" if self.threshold is not None else "highs"
+        """``auto`` is HiGHS, with the detector's constraint by outer approximation (solvers.py)."""
+        return "highs" if self.solver == "auto" else self.solver
 
 
 def available_cores() -> int:
@@ -166,7 +162,6 @@ def check_supported(model: torch.nn.Module, method: str = "exact", threshold: Op
         from robench.verify.solvers import import_solver
 
         import_solver("highs")
-        import_solver("scip") if threshold is not None else None
     return net
 
 
@@ -188,7 +183,8 @@ def verify_points(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
         time_limit: seconds of solving per point (exact).
         x_start: optional (N, C, H, W) points of the ball (an attack's best), tried
             first and used as the solver's warm start.
-        solver: ``auto`` (HiGHS, or SCIP with a threshold), ``highs`` or ``scip``.
+        solver: ``auto`` (HiGHS), ``highs`` or ``scip``; with a threshold HiGHS takes the
+            detector's ball by outer approximation, SCIP as a quadratic constraint.
         tighten: LP-tighten intermediate bounds before the program (exact).
         stop_at_sign: stop each solve once the sign of its optimum is known; False
             solves to optimality so the margins are the exact minimum.
@@ -201,6 +197,10 @@ def verify_points(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
                        solver=solver, tighten=tighten, stop_at_sign=stop_at_sign, workers=workers)
     x, y, x_start = _check_inputs(model, x, y, x_start)
     net = check_supported(model, cfg.method, cfg.threshold)
+    if cfg.method == "exact" and cfg.resolved_solver == "scip":
+        from robench.verify.solvers import import_solver
+
+        import_solver("scip")
     from robench.progress import progress_bar
 
     bar = progress_bar(total=len(x), desc=f"verify {cfg.method}", unit="pt", disable=not progress)
