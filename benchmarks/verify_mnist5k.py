@@ -175,7 +175,8 @@ def summary_rows(rec: Dict[str, Any]) -> List[str]:
     attacks = dict(rec["attacks"])
     if "autoattack" in rec:
         attacks["ta:AutoAttack (standard)"] = rec["autoattack"]
-    worst = f"worst case: robench white-box cell {rec['cell']}" if rec.get("cell") else "worst case of the --attack list"
+    worst = (f"worst case: robench white-box cell {rec['cell']}" if rec.get("cell")
+             else "worst case of the --attack list")
     attacks[worst] = {"robust": rec["worst_case"], "seconds": None}
     for name, a in attacks.items():
         missed = sum(r and e for r, e in zip(a["robust"], exact_nr))
