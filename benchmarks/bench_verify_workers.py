@@ -2,9 +2,10 @@
 
 For the 784-64-32 GM MLP on mnist5k (``robench train --defense gm --arch mlp --dataset mnist5k``), on the
 test points that need the mixed-integer programs (the attack does not break them and CROWN does not
-prove them), each point is verified with ``workers=1`` and then with ``workers=W`` (default: the cores
-this process may use), alternating, from the same PGD warm start; prints per point the verdicts and
-seconds, and the totals and their ratio.
+prove them), each point is verified by HiGHS alone (``solver="highs"``; ``bench_bab.py`` times branch
+and bound) with ``workers=1`` and then with ``workers=W`` (default: the cores this process may use),
+alternating, from the same PGD warm start; prints per point the verdicts and seconds, and the totals
+and their ratio.
 
     python benchmarks/bench_verify_workers.py --model mlp-gm.pt [--n 60] [--eps 0.05] [--time-limit 60]
 """
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
         for w in (1, workers):
             t0 = time.perf_counter()
             (r,) = verify_points(model, x[i:i + 1], y[i:i + 1], args.eps, time_limit=args.time_limit,
-                                 x_start=x_adv[i:i + 1], workers=w)
+                                 x_start=x_adv[i:i + 1], workers=w, solver="highs")
             seconds = time.perf_counter() - t0
             totals[w] += seconds
             decided[w] += r.status in ("robust", "not-robust")

@@ -141,7 +141,7 @@ def part(model, label: str, x, y, eps: float, attacks: List[str], thr, detector,
                        "solvers": sorted({r.solver for r in res if r.solver}),
                        "cpu_seconds": [r.cpu_seconds for r in res],
                        "binaries": [r.n_binaries for r in res], "solved": [r.targets_solved for r in res],
-                       "wall": time.perf_counter() - t0}
+                       "domains": [r.domains for r in res], "wall": time.perf_counter() - t0}
     return rec
 
 
@@ -184,8 +184,9 @@ def summary_rows(rec: Dict[str, Any]) -> List[str]:
         rows.append(f"| {label} | {rec['eps']:g} | attack `{name}` | {np.mean(a['robust']):.3f} | "
                     f"missed {missed} | {took} |")
     solvers = rec["exact"].get("solvers") or (["scip"] if rec.get("threshold") is not None else ["highs"])
-    names = "/".join({"highs": "HiGHS", "scip": "SCIP"}.get(s, s) for s in solvers)
-    rows.append(f"| {label} | {rec['eps']:g} | **exact** (MILP, {names}) | **{robust / n:.3f}**"
+    names = "/".join({"highs": "HiGHS", "scip": "SCIP", "bab+highs": "branch and bound, then HiGHS"}.get(s, s)
+                     for s in solvers)
+    rows.append(f"| {label} | {rec['eps']:g} | **exact** ({names}) | **{robust / n:.3f}**"
                 f"{f' .. {(robust + undecided) / n:.3f}' if undecided else ''} | undecided {undecided} "
                 f"(counterexample rejected {rejected}) | "
                 f"median {np.median(secs):.3f} s, max {secs.max():.1f} s per point (CPU: median "

@@ -177,8 +177,10 @@ class VerifyRunConfig:
     n: int = opt(100, help="Test points verified.", kind="int")
     time_limit: float = opt(60.0, help="Seconds of solving per point (exact); undecided points are 'unknown'.",
                             kind="float")
-    solver: str = opt("auto", help="auto: HiGHS (the detector's quadratic constraint by outer "
-                                   "approximation); scip: SCIP, the constraint as it is.",
+    solver: str = opt("auto", help="auto: on MLPs and plain CNNs, branch and bound over ReLU splits "
+                                   "first for each plain target, then HiGHS (the detector's quadratic "
+                                   "constraint by outer approximation); highs: HiGHS alone; scip: SCIP, "
+                                   "the constraint as it is.",
                       choices=("auto", "highs", "scip"))
     solver_workers: Optional[int] = opt(None, help="Target programs of a point solved at once, in threads "
                                                    "(exact; default: the cores this process may use).",

@@ -213,7 +213,7 @@ def test_a_counterexample_the_model_rejects_is_never_an_attack_success(monkeypat
         return solvers.SolveResult("negative", -1.0, -0.5, fake, out.seconds, out.nodes)
 
     monkeypatch.setattr(solvers, "solve", lying_solver)
-    (res,) = verify_points(model, x0, y, 0.3, tighten=False)
+    (res,) = verify_points(model, x0, y, 0.3, tighten=False, solver="highs")  # no branch and bound first
     assert res.status == "counterexample-rejected" and res.counterexample is None
     assert res.recheck_pred == int(y) and res.recheck_margin > 0
 
@@ -224,7 +224,7 @@ def test_time_limit_gives_unknown(monkeypatch):
     y = model(x0).argmax(1)
     monkeypatch.setattr(solvers, "solve", lambda *a, **k: solvers.SolveResult(
         "unknown", -1.0, float("inf"), None, 0.0, 0))
-    (res,) = verify_points(model, x0, y, 0.3, tighten=False)
+    (res,) = verify_points(model, x0, y, 0.3, tighten=False, solver="highs")
     assert res.status == "unknown" and res.margin_lower < 0
 
 
@@ -284,9 +284,9 @@ def test_targets_in_threads_give_the_sequential_verdicts(digits_mlp, digits, sol
     x, y = digits.split("test", 16)
     pick = [2, 10, 12, 15]  # points with several targets left open by the bounds at eps 0.12
     x, y, eps = x[pick], y[pick], 0.12
-    one = verify_points(digits_mlp, x, y, eps, workers=1)
+    one = verify_points(digits_mlp, x, y, eps, workers=1, solver="highs")
     assert threads == {"MainThread"}
-    two = verify_points(digits_mlp, x, y, eps, workers=2)
+    two = verify_points(digits_mlp, x, y, eps, workers=2, solver="highs")
     assert "robench-verify" in threads  # the targets really ran in the pool
     assert [r.status for r in one] == [r.status for r in two]
     assert {"robust", "not-robust"} <= {r.status for r in two}
@@ -303,7 +303,7 @@ def test_scip_programs_in_threads_agree(digits_mlp, digits, solve_threads):
     threads = solve_threads
     x, y = digits.split("test", 16)
     x, y = x[[2, 12]], y[[2, 12]]
-    highs = verify_points(digits_mlp, x, y, 0.12, workers=1)
+    highs = verify_points(digits_mlp, x, y, 0.12, workers=1, solver="highs")
     scip = verify_points(digits_mlp, x, y, 0.12, solver="scip", workers=2)
     assert "robench-verify" in threads
     assert [r.status for r in highs] == [r.status for r in scip] == ["robust", "not-robust"]

@@ -11,7 +11,10 @@ program is the tight big-M program itself (no second big-M over the choice of
 target), its solve stops as soon as the sign of its optimum is known, targets
 that CROWN (after LP tightening) certifies are skipped, the attack's target
 comes first so a non-robust point usually costs one solve, and with the
-detector the quadratic constraint is per target anyway. Every counterexample is
+detector the quadratic constraint is per target anyway. With ``solver="auto"``
+a plain target goes to branch and bound over ReLU splits first (bab.py: far
+more subdomains per second than the solver's nodes), the program to the
+solver only when that leaves it open. Every counterexample is
 re-checked in float32 on the real model; one that does not fool it gives
 ``counterexample-rejected``, never ``not-robust``.
 """
@@ -61,6 +64,9 @@ class VerifyResult:
         seconds: wall-clock seconds for the point (what ``time_limit`` bounds);
             cpu_seconds: this process's CPU seconds for it (the same on an idle
             machine, smaller on a loaded one).
+        solver: what decided the programs: ``bab+highs`` (branch and bound first,
+            HiGHS for what it leaves open), ``highs`` or ``scip``; nodes: the
+            solver's branch-and-bound nodes; domains: the subdomains bab bounded.
     """
 
     index: int
@@ -83,6 +89,7 @@ class VerifyResult:
     targets_solved: int
     targets_certified: int
     nodes: int
+    domains: int = 0
 
     @property
     def robust(self) -> bool:
@@ -132,6 +139,14 @@ class VerifyConfig:
     def resolved_solver(self) -> str:
         """``auto`` is HiGHS, with the detector's constraint by outer approximation (solvers.py)."""
         return "highs" if self.solver == "auto" else self.solver
+
+    def uses_bab(self, net: Network) -> bool:
+        """``auto`` on a plain question about a chain of affine maps and ReLUs: each target
+        goes to branch and bound (bab.py) first, to the solver for what it leaves open."""
+        from robench.verify.bab import supports
+
+        return (self.method == "exact" and self.solver == "auto" and self.threshold is None
+                and self.stop_at_sign and supports(net))
 
 
 def available_cores() -> int:
@@ -183,8 +198,11 @@ def verify_points(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
         time_limit: seconds of solving per point (exact).
         x_start: optional (N, C, H, W) points of the ball (an attack's best), tried
             first and used as the solver's warm start.
-        solver: ``auto`` (HiGHS), ``highs`` or ``scip``; with a threshold HiGHS takes the
-            detector's ball by outer approximation, SCIP as a quadratic constraint.
+        solver: ``auto``, ``highs`` or ``scip``. ``auto``: each target of a plain question
+            (no threshold, ``stop_at_sign``) on a chain of affine maps and ReLUs goes to
+            branch and bound (bab.py) first and to HiGHS for what it leaves open; else
+            HiGHS. With a threshold HiGHS takes the detector's ball by outer approximation,
+            SCIP as a quadratic constraint.
         tighten: LP-tighten intermediate bounds before the program (exact).
         stop_at_sign: stop each solve once the sign of its optimum is known; False
             solves to optimality so the margins are the exact minimum.
@@ -325,6 +343,12 @@ class _PointVerifier:
 
         prog = build_program(self.net, bounds)
         self.out.solver, self.out.n_binaries = self.cfg.resolved_solver, prog.n_binaries
+        self.bab = None
+        if self.cfg.uses_bab(self.net):
+            from robench.verify.bab import MarginBab
+
+            self.bab = MarginBab(self.net, bounds, self.y)
+            self.out.solver = f"bab+{self.out.solver}"
         start = prog.values(self.net, warm)
         z = self.net.forward(warm.to(DTYPE).unsqueeze(0))[self.net.output][0]
         order = sorted(targets, key=lambda t: float(z[self.y] - z[t]))  # the attack's target first
@@ -369,6 +393,10 @@ class _PointVerifier:
     def _target_verdict(self, prog, t: int, start: np.ndarray) -> str:
         from robench.verify.solvers import SIGN_TOL
 
+        if self.bab is not None:
+            verdict = self._bab_verdict(t)
+            if verdict is not None:
+                return verdict
         res = self._solve(prog, t, start, safety=0.0)
         if res is None:
             return "timeout"
@@ -392,6 +420,27 @@ class _PointVerifier:
                     return "broken"
         return "rejected"
 
+    def _bab_verdict(self, t: int) -> Optional[str]:
+        """Branch and bound on target ``t`` with the point's time: "proved", "broken", "timeout",
+        or None (undecided, or a candidate the float32 model rejects) for the solver to go on."""
+        left = self.cfg.time_limit - (time.perf_counter() - self.t0)
+        if left <= 0:
+            return "timeout"
+        res = self.bab.run(t, left, self.cancel)
+        with self.lock:
+            self.out.domains += res.domains
+            self.out.targets_solved += res.status == "positive"
+        if res.status == "positive":
+            self.lower[t] = max(self.lower[t], res.bound)
+            return "proved"
+        if res.status == "negative":
+            cand = torch.max(torch.min(res.candidate.float(), self.box32[1]), self.box32[0])
+            with self.lock:
+                if self._try_candidate(cand, t):
+                    self.out.targets_solved += 1
+                    return "broken"
+        return None
+
     def _solve(self, prog, t: int, start: np.ndarray, safety: float):
         from robench.verify.solvers import Quadratic, solve
 
@@ -405,7 +454,7 @@ class _PointVerifier:
         if self.cfg.threshold is not None:
             thr = self.cfg.threshold - safety * (1.0 + abs(self.cfg.threshold))
             quad = Quadratic(prog.exprs[self.net.features], self.net.mu[t].numpy(), thr)
-        res = solve(prog, cost, const + safety, self.out.solver, left, start, self.cfg.stop_at_sign or safety > 0, quad,
+        res = solve(prog, cost, const + safety, self.cfg.resolved_solver, left, start, self.cfg.stop_at_sign or safety > 0, quad,
                     cancel=self.cancel)
         with self.lock:
             self.out.targets_solved += safety == 0
