@@ -12,13 +12,11 @@ maxima, undecided counts and the ratio. Two decided verdicts that differ stop th
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
-import torch
 
-import robench
+from bench_verify_workers import arguments, hard_points  # the same options and points
 from robench.verify import verify_points
 from robench.verify.api import available_cores
 
@@ -26,21 +24,9 @@ SOLVERS = ("highs", "auto")
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--n", type=int, default=200, help="first n test points (those that need programs are timed)")
-    ap.add_argument("--eps", type=float, default=0.05)
-    ap.add_argument("--time-limit", type=float, default=60.0)
-    ap.add_argument("--workers", type=int, default=None)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    args = arguments(__doc__.splitlines()[0], 200).parse_args(argv)
     workers = args.workers or available_cores()
-    model = robench.load_model(args.model)
-    x, y = robench.load_dataset("mnist5k").split("test", args.n)
-    x_adv = robench.create_attack("pgd", model, eps=args.eps, steps=100, restarts=5, objective="margin")(x, y)
-    quick = verify_points(model, x, y, args.eps, method="crown")
-    fooled = model.predict(x_adv) != y
-    hard = [i for i in range(len(y)) if not fooled[i] and quick[i].status != "robust"]
+    model, x, y, x_adv, hard = hard_points(args)
     print(f"{len(hard)} of {len(y)} points need programs (eps {args.eps:g}, time limit {args.time_limit:g} s, "
           f"{workers} workers): HiGHS alone vs bab then HiGHS")
     print("point | highs: verdict | s | auto: verdict | s | bab subdomains")

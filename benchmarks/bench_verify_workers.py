@@ -23,22 +23,34 @@ from robench.verify import verify_points
 from robench.verify.api import available_cores
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str, n: int) -> argparse.ArgumentParser:
+    """The options both exact-verification benchmarks take (bench_bab.py reuses them)."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--model", required=True)
-    ap.add_argument("--n", type=int, default=60, help="first n test points (those that need programs are timed)")
+    ap.add_argument("--n", type=int, default=n, help="first n test points (those that need programs are timed)")
     ap.add_argument("--eps", type=float, default=0.05)
     ap.add_argument("--time-limit", type=float, default=60.0)
     ap.add_argument("--workers", type=int, default=None)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def hard_points(args):
+    """The model, the first n mnist5k test points, their PGD warm starts and the indices that need
+    programs (PGD does not break them, CROWN does not prove them)."""
     torch.set_num_threads(1)
-    workers = args.workers or available_cores()
     model = robench.load_model(args.model)
     x, y = robench.load_dataset("mnist5k").split("test", args.n)
     x_adv = robench.create_attack("pgd", model, eps=args.eps, steps=100, restarts=5, objective="margin")(x, y)
     quick = verify_points(model, x, y, args.eps, method="crown")
     fooled = model.predict(x_adv) != y
     hard = [i for i in range(len(y)) if not fooled[i] and quick[i].status != "robust"]
+    return model, x, y, x_adv, hard
+
+
+def main(argv=None) -> int:
+    args = arguments(__doc__.splitlines()[0], 60).parse_args(argv)
+    workers = args.workers or available_cores()
+    model, x, y, x_adv, hard = hard_points(args)
     print(f"{len(hard)} of {len(y)} points need programs (eps {args.eps:g}, time limit {args.time_limit:g} s); "
           f"workers 1 vs {workers}")
     print("point | verdict (1) | s (1) | verdict (W) | s (W)")
