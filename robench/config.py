@@ -178,7 +178,7 @@ class VerifyRunConfig:
     time_limit: float = opt(60.0, help="Seconds of solving per point (exact); undecided points are 'unknown'.",
                             kind="float")
     solver: str = opt("auto", help="auto: on MLPs and plain CNNs, branch and bound over ReLU splits "
-                                   "first for each plain target, then HiGHS (the detector's quadratic "
+                                   "first for each target, then HiGHS (the detector's quadratic "
                                    "constraint by outer approximation); highs: HiGHS alone; scip: SCIP, "
                                    "the constraint as it is.",
                       choices=("auto", "highs", "scip"))

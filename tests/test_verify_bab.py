@@ -123,17 +123,17 @@ def test_targets_bab_leaves_open_go_to_the_solver(digits_mlp, digits, monkeypatc
     assert res[0].domains >= 7 and res[0].nodes >= 0 and res[0].targets_solved > 0
 
 
-def test_detector_and_full_minimum_questions_skip_bab():
-    """bab answers only the sign of a plain margin: with a threshold, or asked for the exact
-    minimum, the solver takes every program."""
+def test_full_minimum_questions_skip_bab():
+    """bab answers the sign only: asked for the exact minimum, the solver takes every program."""
     from tests.test_verify_exact import tiny_2d
 
     model = tiny_2d("gm", 4)
     x0 = torch.tensor([0.3, 0.6]).reshape(1, 2, 1, 1)
     y = model(x0).argmax(1)
-    (plain,) = verify_points(model, x0, y, 0.3)
-    assert plain.n_binaries > 0 and plain.solver == "bab+highs"
-    for kwargs in ({"threshold": 5.0}, {"stop_at_sign": False}):
+    for kwargs in ({}, {"threshold": 5.0}):
+        (res,) = verify_points(model, x0, y, 0.3, **kwargs)
+        assert res.n_binaries > 0 and res.solver == "bab+highs" and res.domains > 0, kwargs
+    for kwargs in ({"stop_at_sign": False}, {"stop_at_sign": False, "threshold": 5.0}):
         (res,) = verify_points(model, x0, y, 0.3, **kwargs)
         assert res.domains == 0 and res.solver == "highs" and res.targets_solved > 0, kwargs
 
@@ -184,3 +184,44 @@ def test_bab_on_a_convolutional_chain_matches_highs():
                     assert res.status == exact_sign(net, bounds, y, t)
                     seen.add(res.status)
     assert seen == {"positive", "negative"}
+
+
+def test_bab_with_the_detector_ball_matches_highs():
+    """With a gm-likelihood threshold (misclassified AND inside the target's ball): every verdict
+    bab gives is HiGHS's with the outer approximation; it decides most targets by itself."""
+    gen = torch.Generator().manual_seed(5)
+    decided, verdicts = 0, {"positive": 0, "negative": 0, "unknown": 0}
+    for seed in (0, 11):  # GM seeds whose decision regions split the input cube
+        net = extract_network(small_mlp(seed, "gm"))
+        for _ in range(2):
+            x0 = torch.rand((1, 5, 5), generator=gen, dtype=DTYPE)
+            y = int(net.forward(x0[None])[net.output][0].argmax())
+            box = input_box(x0, 0.3)
+            bounds = tighten_bounds(net, compute_bounds(net, box, y), box, y)
+            samples = box[0] + (box[1] - box[0]) * torch.rand((500, 1, 5, 5), generator=gen, dtype=DTYPE)
+            values = net.forward(samples)
+            f, z = values[net.features], values[net.output]
+            prog = build_program(net, bounds)
+            for t in range(4):
+                if t == y:
+                    continue
+                q = 0.5 * ((f - net.mu[t]) ** 2).sum(1)
+                broken = q[z[:, t] > z[:, y]]  # sampled points misclassified as t: their q
+                thresholds = [float(q.min()) / 2] + ([float(broken.quantile(0.5))] if len(broken) else [])
+                for thr in thresholds:
+                    res = bab.MarginBab(net, bounds, y, thr).run(t, 20.0)
+                    verdicts[res.status] += 1
+                    if res.status == "unknown":
+                        continue
+                    coef = np.zeros(4)
+                    coef[y], coef[t] = 1.0, -1.0
+                    cost, const = prog.objective(net.output, coef)
+                    quad = solvers.Quadratic(prog.exprs[net.features], net.mu[t].numpy(), thr)
+                    assert res.status == solvers.solve(prog, cost, const, "highs", 60.0, quadratic=quad).status
+                    decided += 1
+                    if res.status == "negative":
+                        values = net.forward(res.candidate.to(DTYPE)[None])
+                        assert 0.5 * float(((values[net.features][0] - net.mu[t]) ** 2).sum()) <= thr
+                        assert float(values[net.output][0, y] - values[net.output][0, t]) < 0
+    assert verdicts["positive"] >= 5 and verdicts["negative"] >= 3, verdicts
+    assert decided >= 0.7 * sum(verdicts.values()), verdicts

@@ -12,7 +12,7 @@ target), its solve stops as soon as the sign of its optimum is known, targets
 that CROWN (after LP tightening) certifies are skipped, the attack's target
 comes first so a non-robust point usually costs one solve, and with the
 detector the quadratic constraint is per target anyway. With ``solver="auto"``
-a plain target goes to branch and bound over ReLU splits first (bab.py: far
+a target goes to branch and bound over ReLU splits first (bab.py: far
 more subdomains per second than the solver's nodes), the program to the
 solver only when that leaves it open. Every counterexample is
 re-checked in float32 on the real model; one that does not fool it gives
@@ -141,12 +141,11 @@ class VerifyConfig:
         return "highs" if self.solver == "auto" else self.solver
 
     def uses_bab(self, net: Network) -> bool:
-        """``auto`` on a plain question about a chain of affine maps and ReLUs: each target
-        goes to branch and bound (bab.py) first, to the solver for what it leaves open."""
+        """``auto``, answering by sign, on a chain of affine maps and ReLUs: each target goes
+        to branch and bound (bab.py) first, to the solver for what it leaves open."""
         from robench.verify.bab import supports
 
-        return (self.method == "exact" and self.solver == "auto" and self.threshold is None
-                and self.stop_at_sign and supports(net))
+        return self.method == "exact" and self.solver == "auto" and self.stop_at_sign and supports(net)
 
 
 def available_cores() -> int:
@@ -198,11 +197,10 @@ def verify_points(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
         time_limit: seconds of solving per point (exact).
         x_start: optional (N, C, H, W) points of the ball (an attack's best), tried
             first and used as the solver's warm start.
-        solver: ``auto``, ``highs`` or ``scip``. ``auto``: each target of a plain question
-            (no threshold, ``stop_at_sign``) on a chain of affine maps and ReLUs goes to
-            branch and bound (bab.py) first and to HiGHS for what it leaves open; else
-            HiGHS. With a threshold HiGHS takes the detector's ball by outer approximation,
-            SCIP as a quadratic constraint.
+        solver: ``auto``, ``highs`` or ``scip``. ``auto``: with ``stop_at_sign``, each target
+            on a chain of affine maps and ReLUs goes to branch and bound (bab.py) first and
+            to HiGHS for what it leaves open; else HiGHS. With a threshold HiGHS takes the
+            detector's ball by outer approximation, SCIP as a quadratic constraint.
         tighten: LP-tighten intermediate bounds before the program (exact).
         stop_at_sign: stop each solve once the sign of its optimum is known; False
             solves to optimality so the margins are the exact minimum.
@@ -347,7 +345,7 @@ class _PointVerifier:
         if self.cfg.uses_bab(self.net):
             from robench.verify.bab import MarginBab
 
-            self.bab = MarginBab(self.net, bounds, self.y)
+            self.bab = MarginBab(self.net, bounds, self.y, self.cfg.threshold)
             self.out.solver = f"bab+{self.out.solver}"
         start = prog.values(self.net, warm)
         z = self.net.forward(warm.to(DTYPE).unsqueeze(0))[self.net.output][0]

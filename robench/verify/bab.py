@@ -16,11 +16,20 @@ back-substitution with
   https://arxiv.org/abs/2103.06624): ``m(x) >= m(x) - beta s z(x)`` on the
   subdomain, so a lower bound of the right side bounds the margin there.
 
-Every slope in [0, 1] and every ``beta >= 0`` gives a sound bound, so gradient
-steps can only choose among sound bounds; the best one per subdomain is kept.
+With the gm-likelihood detector the question is whether some point of the box
+has ``z_t >= z_y`` and features inside target t's ball ``|f - mu_t|^2 / 2 <=
+thr``: the bound is then of ``m + gamma (q(f) - thr)`` with ``gamma >= 0``, below
+``m`` wherever the ball holds, and ``q`` replaced by a tangent plane (below it:
+``q`` is convex) at a point that is optimised too -- one Lagrangian cut per
+subdomain where the solver's outer approximation adds cuts to one program.
+
+Every slope in [0, 1], every ``beta >= 0``, ``gamma >= 0`` and tangent point
+gives a sound bound, so gradient steps can only choose among sound bounds; the
+best one per subdomain is kept.
 A subdomain is closed once its bound reaches ``PROOF_MARGIN``; the target is
 proved when none is left. The input point minimising each subdomain's linear
-bound is checked by a forward pass: a negative margin there is a candidate
+bound is checked by a forward pass: a negative margin there (inside the ball,
+with the detector) is a candidate
 counterexample (re-checked in float32 by the caller). The search is not
 complete by itself -- a subdomain with no unstable ReLU left whose bound is
 still below 0, or the budget, ends it undecided -- and the caller then hands
@@ -56,7 +65,9 @@ BATCH = 1024  # subdomains split per round (each gives two children)
 # steps per child took 5.8, 6.8, 8.6, 12.2, 20 s on test 52's target 2 (60k-41k subdomains);
 # 3 was within 15% of the best on all three hard targets.
 ROOT_STEPS, CHILD_STEPS = 60, 3
-LR_ALPHA, LR_BETA = 0.1, 0.05
+# The free parameters of a bound: Adam's learning rate and the interval each is kept in.
+_FREE = {"alpha": (0.1, (0.0, 1.0)), "beta": (0.05, (0.0, None)),
+         "gamma": (0.1, (0.0, None)), "tangent": (0.1, (None, None))}
 MEMORY = 256 * 2 ** 20  # bytes of open subdomains kept at once: beyond this, undecided
 
 
@@ -108,10 +119,17 @@ class _Pool:
 class MarginBab:
     """Branch and bound for ``z_y - z_t`` of one point over its input box."""
 
-    def __init__(self, net: Network, bounds: Bounds, y: int) -> None:
+    def __init__(self, net: Network, bounds: Bounds, y: int, threshold: Optional[float] = None) -> None:
+        """``threshold``: the gm-likelihood threshold, for the detection-aware question (is
+        there a point with ``z_t >= z_y`` and ``|f - mu_t|^2 / 2 <= threshold``?)."""
         if not supports(net):
             raise ValueError("branch and bound needs a chain of affine maps and ReLUs")
-        self.net, self.y = net, y
+        if threshold is not None and net.mu is None:
+            raise ValueError("a detector threshold needs a GM head")
+        self.net, self.y, self.threshold = net, y, threshold
+        if threshold is not None:  # the tangent points start at the middle of the features' box
+            f_lo, f_hi = bounds.lower[net.features], bounds.upper[net.features]
+            self.f_mid = ((f_lo + f_hi) / 2).reshape(-1).to(DTYPE)
         self.relus = net.relu_nodes()
         self.x_lo = bounds.lower[0].reshape(-1).to(DTYPE)
         self.x_hi = bounds.upper[0].reshape(-1).to(DTYPE)
@@ -123,19 +141,27 @@ class MarginBab:
                        if n.kind == "linear"}
 
     # -- bounds ------------------------------------------------------------------------------
-    def _backward(self, spec: torch.Tensor, lo, hi, alpha, beta, split,
-                  record: Dict[int, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _backward(self, spec: torch.Tensor, lo, hi, free: Dict[str, Dict[int, torch.Tensor]], split,
+                  record: Dict[int, torch.Tensor], ball=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Lower bounds of ``spec . output`` per domain (B,), and the input coefficients (B, n_in).
 
         Back-substitution through the chain: unstable ReLUs take the chord above and
         ``alpha`` below, split ones are exact on their side, and each split's ``beta s z``
-        is subtracted at its pre-activation. ``record`` gets the coefficients on each
-        ReLU's output (for branching)."""
+        is subtracted at its pre-activation. With the detector's ``ball`` = (mu_t, thr), the
+        bound is of ``m + gamma (q(f) - thr)`` (``q = |f - mu_t|^2 / 2``, below ``m`` where
+        the ball holds) with ``q`` replaced by its tangent plane at ``mu_t + g`` (below ``q``:
+        convex): ``gamma g . f - gamma (|g|^2 / 2 + g . mu_t + thr)``. ``record`` gets the
+        coefficients on each ReLU's output (for branching)."""
+        alpha, beta = free["alpha"], free["beta"]
         b = len(split[self.relus[0]])
         lam = spec.expand(b, -1)
         const = torch.zeros(b, dtype=DTYPE)
         for i in range(self.net.output, 0, -1):
             node = self.net.nodes[i]
+            if ball is not None and i == self.net.features:
+                (mu, thr), gamma, g = ball, free["gamma"][0], free["tangent"][0]
+                lam = lam + gamma * g
+                const = const - gamma[:, 0] * (0.5 * (g * g).sum(1) + g @ mu + thr)
             if node.kind == "linear":
                 const = const + lam @ self.biases[i]
                 lam = node.op.transpose(lam.reshape(b, *node.op.out_shape)).reshape(b, -1)
@@ -153,36 +179,37 @@ class MarginBab:
         const = const + lam.clamp_min(0) @ self.x_lo + lam.clamp_max(0) @ self.x_hi
         return const, lam
 
-    def _optimise(self, pool: _Pool, spec: torch.Tensor, steps: int):
-        """Best bound per domain over ``steps`` gradient steps on alpha and beta (in place),
-        with the ReLU coefficients and the input minimiser at the last step."""
+    def _optimise(self, pool: _Pool, spec: torch.Tensor, steps: int, ball=None):
+        """Best bound per domain over ``steps`` gradient steps on the free parameters (slopes,
+        multipliers; with the ball its multiplier and tangent point), in place; returns the
+        ReLU coefficients and the input minimiser at the last step."""
         lo, hi, split = pool.parts["lo"], pool.parts["hi"], pool.parts["split"]
-        alpha = {r: t.clone().requires_grad_(True) for r, t in pool.parts["alpha"].items()}
-        beta = {r: t.clone().requires_grad_(True) for r, t in pool.parts["beta"].items()}
-        opt = torch.optim.Adam([{"params": list(alpha.values()), "lr": LR_ALPHA},
-                                {"params": list(beta.values()), "lr": LR_BETA}])
+        names = [n for n in _FREE if n in pool.parts]
+        free = {n: {r: t.clone().requires_grad_(True) for r, t in pool.parts[n].items()} for n in names}
+        opt = torch.optim.Adam([{"params": list(free[n].values()), "lr": _FREE[n][0]} for n in names])
         best = torch.full((len(pool),), -math.inf, dtype=DTYPE)
-        best_alpha = {r: t.detach().clone() for r, t in alpha.items()}
-        best_beta = {r: t.detach().clone() for r, t in beta.items()}
+        kept = {n: {r: t.detach().clone() for r, t in free[n].items()} for n in names}
         for step in range(steps + 1):
             record: Dict[int, torch.Tensor] = {}
             with torch.enable_grad():
-                bound, lam = self._backward(spec, lo, hi, alpha, beta, split, record)
+                bound, lam = self._backward(spec, lo, hi, free, split, record, ball)
             better = bound.detach() > best
             best = torch.where(better, bound.detach(), best)
-            for r in alpha:
-                best_alpha[r][better] = alpha[r].detach()[better]
-                best_beta[r][better] = beta[r].detach()[better]
+            for n in names:
+                for r, t in free[n].items():
+                    kept[n][r][better] = t.detach()[better]
             if step == steps or bool((best >= PROOF_MARGIN).all()):
                 break
             opt.zero_grad()
             (-bound[best < PROOF_MARGIN].sum()).backward()
             opt.step()
             with torch.no_grad():
-                for r in alpha:
-                    alpha[r].clamp_(0.0, 1.0)
-                    beta[r].clamp_(min=0.0)
-        pool.parts["alpha"], pool.parts["beta"] = best_alpha, best_beta
+                for n in names:
+                    low, high = _FREE[n][1]
+                    if low is not None or high is not None:
+                        for t in free[n].values():
+                            t.clamp_(low, high)
+        pool.parts.update(kept)
         pool.bound = best
         x_star = torch.where(lam > 0, self.x_lo, self.x_hi).detach()
         return record, x_star
@@ -195,19 +222,29 @@ class MarginBab:
         k = self.net.nodes[self.net.output].shape[0]
         spec = torch.zeros(k, dtype=DTYPE)
         spec[self.y], spec[t] = 1.0, -1.0
-        zeros = {r: torch.zeros((1, len(lo)), dtype=DTYPE) for r, (lo, _) in self.root.items()}
-        parts = {"lo": {r: lo[None].clone() for r, (lo, _) in self.root.items()},
-                 "hi": {r: hi[None].clone() for r, (_, hi) in self.root.items()},
+        root = dict(self.root)
+        ball = None
+        if self.threshold is not None:
+            ball = (self.net.mu[t].to(DTYPE), float(self.threshold))
+            root = self._inside_ball(root, *ball)
+            if root is None:  # no feature of the box reaches the ball
+                return BabResult("positive", math.inf, None, time.perf_counter() - t0, 0)
+        zeros = {r: torch.zeros((1, len(lo)), dtype=DTYPE) for r, (lo, _) in root.items()}
+        parts = {"lo": {r: lo[None].clone() for r, (lo, _) in root.items()},
+                 "hi": {r: hi[None].clone() for r, (_, hi) in root.items()},
                  "split": dict(zeros), "beta": {r: z.clone() for r, z in zeros.items()},
-                 "alpha": {r: relu_relaxation(lo, hi)[0][None].clone() for r, (lo, hi) in self.root.items()}}
+                 "alpha": {r: relu_relaxation(lo, hi)[0][None].clone() for r, (lo, hi) in root.items()}}
+        if ball is not None:
+            parts["gamma"] = {0: torch.zeros((1, 1), dtype=DTYPE)}
+            parts["tangent"] = {0: (self.f_mid - ball[0])[None].clone()}
         fresh = _Pool(parts, torch.zeros(1, dtype=DTYPE), torch.zeros(1, dtype=torch.long))
         steps, domains = ROOT_STEPS, 0
         waiting: Optional[_Pool] = None
         closed_min = math.inf
         while True:
-            x_star = self._bound(fresh, spec, steps)
+            x_star = self._bound(fresh, spec, steps, ball)
             domains += len(fresh)
-            found = self._counterexample(x_star, spec)
+            found = self._counterexample(x_star, spec, ball)
             if found is not None:
                 return BabResult("negative", -math.inf, found, time.perf_counter() - t0, domains)
             done = fresh.bound >= PROOF_MARGIN
@@ -229,10 +266,29 @@ class MarginBab:
             parents, waiting = waiting.take(order[:BATCH]), waiting.take(order[BATCH:])
             fresh, steps = self._split(parents), CHILD_STEPS
 
-    def _bound(self, pool: _Pool, spec: torch.Tensor, steps: int) -> torch.Tensor:
+    def _inside_ball(self, root, mu: torch.Tensor, thr: float):
+        """The root's bounds where the features are ReLU outputs, cut to the ball's bounding box
+        ``mu +- sqrt(2 thr)``: a point of the ball has ``z <= mu + r`` and, where ``mu - r > 0``,
+        ``z >= mu - r`` (``f = relu(z)``). None when no point of the bounds lies in the box."""
+        r = self.net.features
+        if r not in root:
+            return root
+        radius = math.sqrt(2.0 * thr) if thr >= 0 else -1.0
+        radius += 1e-9 * (1.0 + abs(radius))  # rounding must not cut into the ball
+        if radius < 0:
+            return None
+        lo, hi = root[r]
+        low = mu - radius
+        lo = torch.where(low > 0, torch.maximum(lo, low), lo)
+        hi = torch.minimum(hi, mu + radius)
+        if bool((lo > hi).any()):
+            return None
+        return {**root, r: (lo, hi)}
+
+    def _bound(self, pool: _Pool, spec: torch.Tensor, steps: int, ball=None) -> torch.Tensor:
         """Bound the pool's domains (in place: bounds, slopes, multipliers, branching choices);
         returns each domain's input minimiser."""
-        record, x_star = self._optimise(pool, spec, steps)
+        record, x_star = self._optimise(pool, spec, steps, ball)
         pool.choice = self._branch(pool, record)
         return x_star
 
@@ -270,9 +326,14 @@ class MarginBab:
             offset += width
         return children
 
-    def _counterexample(self, x_star: torch.Tensor, spec: torch.Tensor) -> Optional[torch.Tensor]:
-        z = self.net.forward(x_star.reshape(-1, *self.net.input_shape))[self.net.output]
-        margins = z @ spec
+    def _counterexample(self, x_star: torch.Tensor, spec: torch.Tensor, ball=None) -> Optional[torch.Tensor]:
+        """The input of lowest margin below 0 (inside the ball, with one), or None."""
+        values = self.net.forward(x_star.reshape(-1, *self.net.input_shape))
+        margins = values[self.net.output] @ spec
+        if ball is not None:
+            mu, thr = ball
+            inside = 0.5 * ((values[self.net.features] - mu) ** 2).sum(1) <= thr
+            margins = torch.where(inside, margins, torch.full_like(margins, math.inf))
         low = int(margins.argmin())
         if float(margins[low]) < -SIGN_TOL:
             return x_star[low].reshape(self.net.input_shape)
