@@ -331,3 +331,23 @@ def test_a_cancelled_solve_stops_undecided(digits_mlp, digits, solver):
     cancel.set()
     stopped = solvers.solve(prog, cost, const, solver, 30.0, cancel=cancel)
     assert stopped.status == "unknown" and stopped.solution is None and stopped.nodes <= 1
+
+
+def test_highs_from_many_threads_leaves_stdout_alone():
+    """Target programs build HiGHS models in threads: the banner's redirect of fd 1 must not race
+    (two threads saving and restoring it once left the process's stdout on /dev/null)."""
+    import subprocess
+    import sys
+
+    script = ("import threading, highspy\n"
+              "from robench.verify.solvers import quiet_highs\n"
+              "def work():\n"
+              "    for _ in range(40):\n"
+              "        quiet_highs(highspy)\n"
+              "ts = [threading.Thread(target=work) for _ in range(8)]\n"
+              "[t.start() for t in ts]\n"
+              "[t.join() for t in ts]\n"
+              "print('stdout still here', flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "stdout still here\n"  # and no banner

@@ -132,21 +132,33 @@ def _available(name: str) -> bool:
     return True
 
 
+_QUIET_LOCK = threading.Lock()
+_BANNER_SHOWN = []  # non-empty once HiGHS has been constructed in this process
+
+
 def quiet_highs(highspy: Any) -> Any:
     """``highspy.Highs()`` without the banner HiGHS prints on the process's stdout at its first
-    construction (before any option can silence it): ``--json`` output must stay parseable."""
-    import os
+    construction (before any option can silence it): ``--json`` output must stay parseable.
+
+    File descriptor 1 is redirected only around the first construction, under a lock: two
+    threads each saving and restoring it (target programs in parallel) once left the process's
+    stdout on /dev/null for good (seen in benchmarks/bench_bab.py)."""
     import sys
 
-    sys.stdout.flush()
-    saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        return highspy.Highs()
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
+    with _QUIET_LOCK:
+        if _BANNER_SHOWN:
+            return highspy.Highs()
+        sys.stdout.flush()
+        saved, devnull = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 1)
+            h = highspy.Highs()
+            _BANNER_SHOWN.append(True)
+            return h
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            os.close(devnull)
 
 
 def highs_model(prog: Program, cost: np.ndarray, relax: bool = False):
